@@ -1,0 +1,205 @@
+"""Transformer building blocks shared by the image and text towers.
+
+LoRA adapters are not parameters of these modules: they live in a separate
+variable collection, ``"lora"``, that the caller supplies beside the frozen
+``"params"``. An attention module that finds ``lora/<target>`` (a dict with
+``a`` [in, r] and ``b`` [r, out]) adds ``scaling * dropout(x) @ a @ b`` to that
+projection; one that finds nothing runs the frozen path only, so a model applied
+without adapters is bit-identical to the backbone. Because adapters are just
+another input, ``jax.vmap`` over them batches episodes while the backbone stays
+a single shared (unbatched) pytree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Dtype = Any
+
+LORA_COLLECTION = "lora"
+LORA_TARGETS = ("q", "k", "v", "o")
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+  if name == "quick_gelu":
+    return lambda x: x * jax.nn.sigmoid(1.702 * x)
+  if name == "gelu":
+    return lambda x: jax.nn.gelu(x, approximate=False)
+  if name == "gelu_tanh":
+    return lambda x: jax.nn.gelu(x, approximate=True)
+  raise ValueError(
+      f"unknown activation {name!r}; expected quick_gelu, gelu or gelu_tanh")
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm computed in float32 whatever the compute dtype (as CLIP does)."""
+
+  eps: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    dtype = x.dtype
+    x = x.astype(jnp.float32)
+    width = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (width,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (width,), jnp.float32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
+    return y.astype(dtype)
+
+
+class Dense(nn.Module):
+  """x @ kernel (+ bias), kernel float32 [in, out], matmul in ``dtype``."""
+
+  features: int
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  kernel_init: Callable = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param(
+        "kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+    y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      bias = self.param("bias", nn.initializers.zeros, (self.features,),
+                        jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class Attention(nn.Module):
+  """Multi-head attention with a fused qkv projection and optional LoRA.
+
+  The frozen q, k and v projections are one [W, 3W] matmul; LoRA deltas (low
+  rank, cheap) are added per target. ``kv`` given makes it cross-attention:
+  queries from ``x``, keys/values from ``kv`` (SigLIP's MAP head).
+
+  Attributes:
+    heads: number of heads.
+    dtype: compute dtype of the matmuls.
+    lora_scaling: multiplier of the LoRA branch (alpha / sqrt(rank)).
+    lora_dropout: dropout rate on the LoRA branch input (train mode only).
+  """
+
+  heads: int
+  dtype: Dtype = jnp.float32
+  lora_scaling: float = 1.0
+  lora_dropout: float = 0.0
+
+  def _lora(self, target: str, x: Array, deterministic: bool) -> Array | None:
+    if not self.has_variable(LORA_COLLECTION, target):
+      return None
+    adapter = self.get_variable(LORA_COLLECTION, target)
+    if self.lora_dropout > 0.0 and not deterministic:
+      # One mask per target, as separate LoRA layers with their own dropout.
+      keep = 1.0 - self.lora_dropout
+      mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
+      x = jnp.where(mask, x / keep, 0).astype(x.dtype)
+    h = jnp.dot(x.astype(self.dtype), adapter["a"].astype(self.dtype))
+    h = jnp.dot(h, adapter["b"].astype(self.dtype))
+    return h * jnp.asarray(self.lora_scaling, self.dtype)
+
+  @nn.compact
+  def __call__(self, x: Array, kv: Array | None = None, mask: Array | None = None,
+               deterministic: bool = True) -> Array:
+    """Attention over a sequence.
+
+    Args:
+      x: [N, Lq, W] queries (and keys/values when ``kv`` is None).
+      kv: optional [N, Lk, W] keys/values source.
+      mask: optional boolean [Lq, Lk] (or broadcastable to [N, H, Lq, Lk]),
+        True where attention is allowed.
+      deterministic: disables LoRA dropout.
+
+    Returns:
+      [N, Lq, W] in the compute dtype.
+    """
+    width = x.shape[-1]
+    head_dim = width // self.heads
+    qkv_layer = Dense(3 * width, dtype=self.dtype, name="qkv")
+    if kv is None:
+      qkv = qkv_layer(x)
+      q, k, v = jnp.split(qkv, 3, axis=-1)
+      q_src = kv_src = x
+    else:
+      # Cross attention still uses the fused parameters: run the one matmul on
+      # each source and keep the slices it needs.
+      q = jnp.split(qkv_layer(x), 3, axis=-1)[0]
+      _, k, v = jnp.split(qkv_layer(kv), 3, axis=-1)
+      q_src, kv_src = x, kv
+    for target, src in (("q", q_src), ("k", kv_src), ("v", kv_src)):
+      delta = self._lora(target, src, deterministic)
+      if delta is not None:
+        if target == "q":
+          q = q + delta
+        elif target == "k":
+          k = k + delta
+        else:
+          v = v + delta
+
+    def heads_first(t):
+      return t.reshape(t.shape[:-1] + (self.heads, head_dim))
+
+    q, k, v = heads_first(q), heads_first(k), heads_first(v)
+    logits = jnp.einsum("nqhd,nkhd->nhqk", q, k) * jnp.asarray(
+        head_dim**-0.5, self.dtype)
+    logits = logits.astype(jnp.float32)
+    if mask is not None:
+      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    out = jnp.einsum("nhqk,nkhd->nqhd", weights, v)
+    out = out.reshape(out.shape[:-2] + (width,))
+    y = Dense(width, dtype=self.dtype, name="out")(out)
+    delta = self._lora("o", out, deterministic)
+    if delta is not None:
+      y = y + delta
+    return y
+
+
+class Mlp(nn.Module):
+  mlp_dim: int
+  act: str
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    width = x.shape[-1]
+    h = Dense(self.mlp_dim, dtype=self.dtype, name="fc1")(x)
+    h = activation(self.act)(h)
+    return Dense(width, dtype=self.dtype, name="fc2")(h)
+
+
+class Block(nn.Module):
+  """Pre-LN transformer block: x + attn(ln1(x)); x + mlp(ln2(x)).
+
+  The towers name their blocks blocks_0 .. blocks_{depth-1} and unroll them
+  rather than scan, so that LoRA can target any subset of blocks.
+  """
+
+  heads: int
+  mlp_dim: int
+  act: str
+  norm_eps: float
+  dtype: Dtype = jnp.float32
+  lora_scaling: float = 1.0
+  lora_dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array | None = None,
+               deterministic: bool = True) -> Array:
+    h = LayerNorm(self.norm_eps, name="ln1")(x)
+    h = Attention(self.heads, dtype=self.dtype, lora_scaling=self.lora_scaling,
+                  lora_dropout=self.lora_dropout, name="attn")(
+                      h, mask=mask, deterministic=deterministic)
+    x = x + h.astype(x.dtype)
+    h = LayerNorm(self.norm_eps, name="ln2")(x)
+    h = Mlp(self.mlp_dim, self.act, dtype=self.dtype, name="mlp")(h)
+    return x + h.astype(x.dtype)

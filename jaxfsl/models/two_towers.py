@@ -1,0 +1,74 @@
+"""The two-tower vision-language model as one Flax module."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxfsl.models.config import ModelConfig
+from jaxfsl.models.text import TextTower
+from jaxfsl.models.vit import VisionTower
+
+Array = jax.Array
+
+
+class TwoTowers(nn.Module):
+  """Image tower ``img``, text tower ``txt``, and the learned logit scale/bias.
+
+  Apply with ``{"params": backbone}`` or ``{"params": backbone, "lora":
+  adapters}``; methods ``encode_image``, ``embed_image``,
+  ``encode_image_tokens`` and ``encode_text`` run one tower.
+  """
+
+  config: ModelConfig
+  dtype: Any = jnp.float32
+  lora_scaling: float = 1.0
+  lora_dropout: float = 0.0
+  remat: bool = False
+
+  def setup(self):
+    kw = dict(dtype=self.dtype, lora_scaling=self.lora_scaling,
+              lora_dropout=self.lora_dropout, remat=self.remat)
+    self.img = VisionTower(self.config.vision, **kw)
+    self.txt = TextTower(self.config.text, **kw)
+    self.logit_scale = self.param(
+        "logit_scale", nn.initializers.constant(self.config.logit_scale_init),
+        (), jnp.float32)
+    if self.config.logit_bias_init is not None:
+      self.logit_bias = self.param(
+          "logit_bias", nn.initializers.constant(self.config.logit_bias_init),
+          (), jnp.float32)
+
+  def encode_image(self, pixels: Array, deterministic: bool = True) -> Array:
+    """float [N, S, S, 3] normalised pixels -> float32 [N, E] features."""
+    return self.img(pixels, deterministic)
+
+  def embed_image(self, pixels: Array) -> Array:
+    """float [N, S, S, 3] -> [N, P, W] frozen patch tokens."""
+    return self.img.embed(pixels)
+
+  def encode_image_tokens(self, tokens: Array,
+                          deterministic: bool = True) -> Array:
+    """[N, P, W] patch tokens -> float32 [N, E] features."""
+    return self.img.encode_tokens(tokens, deterministic)
+
+  def encode_text(self, token_ids: Array, deterministic: bool = True) -> Array:
+    """int32 [N, L] -> float32 [N, E] features."""
+    return self.txt(token_ids, deterministic)
+
+  def __call__(self, pixels: Array, token_ids: Array,
+               deterministic: bool = True) -> tuple[Array, Array]:
+    return (self.encode_image(pixels, deterministic),
+            self.encode_text(token_ids, deterministic))
+
+
+def init_params(config: ModelConfig, rng: jax.Array) -> dict:
+  """Random float32 backbone parameters for ``config`` (tests, the demo)."""
+  module = TwoTowers(config)
+  s = config.vision.image_size
+  pixels = jnp.zeros((1, s, s, 3), jnp.float32)
+  ids = jnp.zeros((1, config.text.context_length), jnp.int32)
+  return jax.jit(module.init)(rng, pixels, ids)["params"]
