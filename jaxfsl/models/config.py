@@ -244,5 +244,5 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny-clip": clip_config(
         vision_width=64, vision_depth=2, vision_heads=4, patch_size=16,
         image_size=64, text_width=64, text_depth=2, text_heads=4,
-        embed_dim=32, vocab_size=1000, context_length=16),
+        embed_dim=32, vocab_size=1000, context_length=48),
 }

@@ -108,7 +108,8 @@ class Attention(nn.Module):
     return h * jnp.asarray(self.lora_scaling, self.dtype)
 
   @nn.compact
-  def __call__(self, x: Array, kv: Array | None = None, mask: Array | None = None,
+  def __call__(self, x: Array, kv: Array | None = None,
+               mask: Array | None = None,
                deterministic: bool = True) -> Array:
     """Attention over a sequence.
 

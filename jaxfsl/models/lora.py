@@ -55,6 +55,12 @@ class LoraConfig:
   blocks: str | tuple[int, ...] = "all"
 
   def __post_init__(self):
+    # Lists (from a CLI or YAML) become tuples: the config is static pytree
+    # metadata of Adapters and must stay hashable and compare equal to its
+    # tuple spelling.
+    object.__setattr__(self, "targets", tuple(self.targets))
+    if not isinstance(self.blocks, str):
+      object.__setattr__(self, "blocks", tuple(int(i) for i in self.blocks))
     if self.rank < 1:
       raise ValueError(f"lora rank must be >= 1, got {self.rank}")
     if not 0.0 <= self.dropout < 1.0:

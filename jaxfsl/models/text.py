@@ -1,4 +1,4 @@
-"""Transformer text tower (CLIP and SigLIP variants), built from ``TextConfig``."""
+"""Transformer text tower (CLIP and SigLIP variants) from ``TextConfig``."""
 
 from __future__ import annotations
 

@@ -1,0 +1,617 @@
+"""Reading the user's manual downloads: class lists, CSV files, image files.
+
+This module knows the on-disk layout of each raw dataset and turns it into a
+list of ``SourceItem`` (file, label, CSV row) plus the problems found on the
+way. It does not depend on TFDS so that it can be tested and reused alone; the
+TFDS builders in ``jaxfsl.data.builders`` call it.
+
+Class names follow METHOD.md exactly: ``class_names`` are the raw names (CSV
+label / folder name, the TFDS ``ClassLabel`` names) and ``prompt_names`` are
+the names put in "a photo of a {}." (the release replaces ``_`` by a space).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import csv
+import dataclasses
+import io
+import itertools
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from PIL import Image
+
+from jaxfsl.data.errors import CorruptInputError, ManualDataError
+
+# ----------------------------------------------------------------------------
+# Class names (METHOD.md).
+# ----------------------------------------------------------------------------
+
+CHESTX_CLASSES = (
+    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass",
+    "Nodule", "Pneumothorax",
+)
+# Every label that can appear in Data_Entry_2017.csv; anything else is an
+# "unknown label" (a broken or foreign CSV).
+CHESTX_ALL_LABELS = frozenset(CHESTX_CLASSES) | {
+    "Consolidation", "Edema", "Emphysema", "Fibrosis", "Hernia",
+    "No Finding", "Pleural_Thickening", "Pneumonia",
+}
+CHESTX_CSV = "Data_Entry_2017.csv"
+CHESTX_IMAGE_SIZE = 256
+
+ISIC_CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
+ISIC_PROMPTS = (
+    "Melanoma", "Melanocytic Nevus", "Basal Cell Carcinoma",
+    "Actinic Keratosis", "Benign Keratosis", "Dermatofibroma",
+    "Vascular Lesion",
+)
+ISIC_INPUT_DIR = "ISIC2018_Task3_Training_Input"
+ISIC_GT_DIR = "ISIC2018_Task3_Training_GroundTruth"
+ISIC_CSV = "ISIC2018_Task3_Training_GroundTruth.csv"
+
+CROP_DISEASE_CLASSES = (
+    "Apple___Apple_scab",
+    "Apple___Black_rot",
+    "Apple___Cedar_apple_rust",
+    "Apple___healthy",
+    "Blueberry___healthy",
+    "Cherry_(including_sour)___Powdery_mildew",
+    "Cherry_(including_sour)___healthy",
+    "Corn_(maize)___Cercospora_leaf_spot Gray_leaf_spot",
+    "Corn_(maize)___Common_rust_",
+    "Corn_(maize)___Northern_Leaf_Blight",
+    "Corn_(maize)___healthy",
+    "Grape___Black_rot",
+    "Grape___Esca_(Black_Measles)",
+    "Grape___Leaf_blight_(Isariopsis_Leaf_Spot)",
+    "Grape___healthy",
+    "Orange___Haunglongbing_(Citrus_greening)",
+    "Peach___Bacterial_spot",
+    "Peach___healthy",
+    "Pepper,_bell___Bacterial_spot",
+    "Pepper,_bell___healthy",
+    "Potato___Early_blight",
+    "Potato___Late_blight",
+    "Potato___healthy",
+    "Raspberry___healthy",
+    "Soybean___healthy",
+    "Squash___Powdery_mildew",
+    "Strawberry___Leaf_scorch",
+    "Strawberry___healthy",
+    "Tomato___Bacterial_spot",
+    "Tomato___Early_blight",
+    "Tomato___Late_blight",
+    "Tomato___Leaf_Mold",
+    "Tomato___Septoria_leaf_spot",
+    "Tomato___Spider_mites Two-spotted_spider_mite",
+    "Tomato___Target_Spot",
+    "Tomato___Tomato_Yellow_Leaf_Curl_Virus",
+    "Tomato___Tomato_mosaic_virus",
+    "Tomato___healthy",
+)
+
+EUROSAT_CLASSES = (
+    "AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial",
+    "Pasture", "PermanentCrop", "Residential", "River", "SeaLake",
+)
+EUROSAT_PROMPTS = (
+    "Annual Crop Land", "Forest", "Herbaceous Vegetation Land",
+    "Highway or Road", "Industrial Buildings", "Pasture Land",
+    "Permanent Crop Land", "Residential Buildings", "River", "Sea or Lake",
+)
+
+# torchvision's ImageFolder extensions: the release only sees these files.
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def prompt_name(class_name: str) -> str:
+  """The name the release puts in the prompt: ``_`` replaced by a space."""
+  return class_name.replace("_", " ")
+
+
+# ----------------------------------------------------------------------------
+# Listing results.
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceItem:
+  """One raw example.
+
+  Attributes:
+    path: absolute path of the image file.
+    label: class index (into the dataset's class list).
+    file: path relative to the manual folder (used in reports and metadata).
+    row: 1-based line of the CSV file that lists it (header = line 1), or None.
+  """
+  path: Path
+  label: int
+  file: str
+  row: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  """A raw input that was skipped (bad) or ignored (not an image file).
+
+  Attributes:
+    file: path relative to the manual folder.
+    row: 1-based CSV line (header = line 1), or None.
+    reason: what is wrong with it.
+  """
+  file: str
+  row: int | None
+  reason: str
+
+  def describe(self, csv_name: str | None = None) -> str:
+    where = self.file
+    if self.row is not None:
+      where = f"{csv_name or 'CSV'} line {self.row}: {self.file}"
+    return f"{where}: {self.reason}"
+
+  def to_json(self) -> dict[str, Any]:
+    return {"file": self.file, "row": self.row, "reason": self.reason}
+
+  def to_error(self, csv_name: str | None = None,
+               hint: str = "") -> CorruptInputError:
+    return CorruptInputError(self.describe(csv_name) + hint, file=self.file,
+                             row=self.row, reason=self.reason)
+
+
+@dataclasses.dataclass
+class SourceListing:
+  """What was found in a manual folder, before any image is decoded.
+
+  Attributes:
+    root: the folder the data was found in (the manual folder or below it).
+    items: the examples, in their final record order.
+    problems: bad rows found while listing (missing file, unknown label):
+      an error unless ``skip_corrupt``.
+    ignored: files that are not part of the dataset by construction
+      (non-image files in a class folder), listed in the report.
+    excluded: rows left out on purpose by the benchmark protocol, counted by
+      reason (ChestX multi-label rows, "No Finding", ...).
+    csv_name: the CSV file the rows refer to, for messages.
+  """
+  root: Path
+  items: list[SourceItem]
+  problems: list[Problem] = dataclasses.field(default_factory=list)
+  ignored: list[Problem] = dataclasses.field(default_factory=list)
+  excluded: dict[str, int] = dataclasses.field(default_factory=dict)
+  csv_name: str | None = None
+
+
+# ----------------------------------------------------------------------------
+# Finding the data inside the manual folder.
+# ----------------------------------------------------------------------------
+
+
+def check_manual_dir(manual_dir: os.PathLike[str] | str | None,
+                     instructions: str) -> Path:
+  """Returns ``manual_dir`` as a Path; raises when it is unset/missing/empty."""
+  if manual_dir is None or not str(manual_dir):
+    raise ManualDataError(
+        f"No manual folder given (--manual_dir).\n\n{instructions}")
+  path = Path(manual_dir).expanduser().resolve()
+  if not path.is_dir():
+    raise ManualDataError(
+        f"Manual folder {path} does not exist or is not a folder.\n\n"
+        f"{instructions}")
+  if not any(path.iterdir()):
+    raise ManualDataError(f"Manual folder {path} is empty.\n\n{instructions}")
+  return path
+
+
+def _subdirs(path: Path) -> list[Path]:
+  try:
+    with os.scandir(path) as it:
+      return sorted(
+          Path(e.path) for e in it
+          if e.is_dir() and not e.name.startswith("."))
+  except OSError:
+    return []
+
+
+def find_dir(manual_dir: Path, predicate: Callable[[Path], bool], what: str,
+             instructions: str, max_depth: int = 2) -> Path:
+  """Finds the folder holding the data: ``manual_dir`` or up to two below.
+
+  The shallowest matching level wins. When several folders match at that
+  level (e.g. PlantVillage's ``dataset/train`` and ``dataset/test``), the one
+  named ``train`` is used; otherwise the ambiguity is an error.
+
+  Args:
+    manual_dir: the user's manual folder.
+    predicate: tells whether a folder is the one looked for.
+    what: description of the folder, for the error message.
+    instructions: download instructions appended to errors.
+    max_depth: how many levels below ``manual_dir`` to look.
+
+  Returns:
+    The folder.
+  """
+  level = [manual_dir]
+  for _ in range(max_depth + 1):
+    found = [d for d in level if predicate(d)]
+    if len(found) == 1:
+      return found[0]
+    if len(found) > 1:
+      train = [d for d in found if d.name.lower() == "train"]
+      if len(train) == 1:
+        return train[0]
+      listing = "\n".join(f"  {d}" for d in found)
+      raise ManualDataError(
+          f"Found several folders that look like {what}:\n{listing}\n"
+          "Pass the one to use as --manual_dir.")
+    level = [s for d in level for s in _subdirs(d)]
+  raise ManualDataError(
+      f"Could not find {what} in {manual_dir} or up to {max_depth} levels "
+      f"below it.\n\n{instructions}")
+
+
+def _relative(path: Path, root: Path) -> str:
+  try:
+    return path.relative_to(root).as_posix()
+  except ValueError:
+    return str(path)
+
+
+# ----------------------------------------------------------------------------
+# One-folder-per-class datasets (CropDisease, EuroSAT, user image folders).
+# ----------------------------------------------------------------------------
+
+
+def is_image_file(name: str) -> bool:
+  return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def list_class_folders(root: Path, class_dirs: Sequence[str],
+                       report_root: Path) -> SourceListing:
+  """Lists ``root/<class_dir>/**/<image>`` like torchvision's ImageFolder.
+
+  Files are walked recursively in sorted order; files without an image
+  extension are not part of the dataset (as in ImageFolder) and are reported
+  in ``ignored`` rather than dropped silently.
+
+  Args:
+    root: the folder holding one subfolder per class.
+    class_dirs: the class subfolder names; label i is ``class_dirs[i]``.
+    report_root: paths in the listing are given relative to this folder.
+
+  Returns:
+    The listing (no ``problems``: nothing is decoded here).
+  """
+  items, ignored = [], []
+  for label, class_dir in enumerate(class_dirs):
+    for dirpath, dirnames, filenames in os.walk(root / class_dir,
+                                                followlinks=True):
+      dirnames.sort()
+      for name in sorted(filenames):
+        path = Path(dirpath) / name
+        rel = _relative(path, report_root)
+        if is_image_file(name):
+          items.append(SourceItem(path=path, label=label, file=rel))
+        else:
+          ignored.append(Problem(rel, None, "ignored: not an image file "
+                                 f"(extensions {', '.join(IMAGE_EXTENSIONS)})"))
+  for entry in sorted(root.iterdir()):
+    if entry.is_file():
+      ignored.append(Problem(_relative(entry, report_root), None,
+                             "ignored: file outside the class folders"))
+  return SourceListing(root=root, items=items, ignored=ignored)
+
+
+def _check_class_set(root: Path, expected: Sequence[str], dataset: str,
+                     instructions: str) -> None:
+  found = {d.name for d in _subdirs(root)}
+  missing = [c for c in expected if c not in found]
+  extra = sorted(found - set(expected))
+  if missing or extra:
+    lines = [f"{root} does not hold exactly the {len(expected)} {dataset} "
+             "class folders."]
+    if missing:
+      lines.append(f"Missing class folders: {missing}")
+    if extra:
+      lines.append(f"Unexpected folders: {extra} (use --dataset image_folder "
+                   "for a custom class list)")
+    raise ManualDataError("\n".join(lines) + f"\n\n{instructions}")
+
+
+def list_fixed_classes(manual_dir: Path, classes: Sequence[str], dataset: str,
+                       instructions: str) -> SourceListing:
+  """Finds and lists a dataset with a known class-folder list (CropDisease,
+  EuroSAT) at ``manual_dir`` or one/two levels below it."""
+  wanted = set(classes)
+
+  def looks_like_root(d: Path) -> bool:
+    names = {s.name for s in _subdirs(d)}
+    # Half the class folders locate the root; the exact check below then says
+    # precisely what is missing or extra instead of "not found".
+    return len(names & wanted) * 2 >= len(wanted)
+
+  root = find_dir(manual_dir, looks_like_root,
+                  f"the {dataset} class folders ({classes[0]}, ...)",
+                  instructions)
+  _check_class_set(root, classes, dataset, instructions)
+  return list_class_folders(root, classes, manual_dir)
+
+
+def scan_image_folder(
+    manual_dir: Path,
+    class_names_json: os.PathLike[str] | str | None = None,
+) -> tuple[list[str], list[str]]:
+  """Class folders and prompt names of a user's one-folder-per-class dataset.
+
+  Args:
+    manual_dir: the folder holding one subfolder per class (not searched
+      deeper: the user points at it).
+    class_names_json: optional JSON file mapping folder name -> prompt name;
+      folders it does not name use their name with ``_`` replaced by a space.
+
+  Returns:
+    (class_dirs sorted, prompt_names in the same order).
+  """
+  class_dirs = [d.name for d in _subdirs(manual_dir)]
+  if not class_dirs:
+    raise ManualDataError(
+        f"{manual_dir} has no class subfolders; an image folder dataset needs "
+        "one subfolder per class (e.g. DIR/cat/*.jpg, DIR/dog/*.jpg).")
+  prompts = [prompt_name(c) for c in class_dirs]
+  if class_names_json is not None:
+    path = Path(class_names_json)
+    try:
+      mapping = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+      raise ManualDataError(
+          f"Cannot read class-name JSON {path}: {e}. Expected a JSON object "
+          '{"folder_name": "prompt name", ...}.') from e
+    if not isinstance(mapping, dict):
+      raise ManualDataError(
+          f"Class-name JSON {path} holds a {type(mapping).__name__}; expected "
+          'a JSON object {"folder_name": "prompt name", ...}.')
+    for key, value in mapping.items():
+      if key not in class_dirs:
+        raise ManualDataError(
+            f"Class-name JSON {path}: key {key!r} is not a class folder of "
+            f"{manual_dir}; the folders are {class_dirs}.")
+      if not isinstance(value, str) or not value.strip():
+        raise ManualDataError(
+            f"Class-name JSON {path}: value for {key!r} is {value!r}; "
+            "expected a non-empty string.")
+      prompts[class_dirs.index(key)] = value
+  return class_dirs, prompts
+
+
+# ----------------------------------------------------------------------------
+# CSV datasets.
+# ----------------------------------------------------------------------------
+
+
+def _read_csv(path: Path) -> Iterator[tuple[int, list[str]]]:
+  """Yields (line number, cells) for every non-empty row after the header."""
+  with open(path, newline="", encoding="utf-8-sig") as f:
+    for line, cells in enumerate(csv.reader(f), start=1):
+      if line == 1 or not any(c.strip() for c in cells):
+        continue
+      yield line, cells
+
+
+def _csv_header(path: Path) -> list[str]:
+  with open(path, newline="", encoding="utf-8-sig") as f:
+    return [c.strip() for c in next(csv.reader(f), [])]
+
+
+def list_chestx(manual_dir: Path, instructions: str) -> SourceListing:
+  """Lists ChestX-ray14 as the CDFSL benchmark does.
+
+  ``Data_Entry_2017.csv`` (found at the manual folder or up to two levels
+  below) gives the image name (column 0) and ``|``-separated labels
+  (column 1). Kept: rows with exactly one label among ``CHESTX_CLASSES``
+  (so "No Finding", "Pneumonia", the other six findings and multi-label rows
+  are excluded, and counted, as are image files no CSV row names). Images
+  are looked up in ``images/`` beside the CSV, or in the NIH archive's
+  ``images_NNN/images/`` folders.
+  """
+  root = find_dir(manual_dir, lambda d: (d / CHESTX_CSV).is_file(),
+                  CHESTX_CSV, instructions)
+  csv_path = root / CHESTX_CSV
+  header = _csv_header(csv_path)
+  if len(header) < 2 or header[:2] != ["Image Index", "Finding Labels"]:
+    raise ManualDataError(
+        f"{csv_path} line 1: header starts with {header[:2]}; expected "
+        "['Image Index', 'Finding Labels'] (the NIH Data_Entry_2017.csv).")
+  image_dirs = [root / "images"] + sorted(root.glob("images_*/images")) + [
+      d for d in sorted(root.glob("images_*")) if d.is_dir()]
+  image_dirs = [d for d in image_dirs if d.is_dir()]
+  if not image_dirs:
+    raise ManualDataError(
+        f"No images/ folder beside {csv_path}.\n\n{instructions}")
+  by_name: dict[str, Path] = {}
+  for d in image_dirs:
+    with os.scandir(d) as it:
+      for e in it:
+        if e.is_file():
+          by_name.setdefault(e.name, Path(e.path))
+
+  items, problems = [], []
+  excluded: collections.Counter[str] = collections.Counter()
+  listed: set[str] = set()
+  for line, cells in _read_csv(csv_path):
+    if cells:
+      listed.add(cells[0].strip())
+    if len(cells) < 2:
+      problems.append(Problem(cells[0] if cells else "", line,
+                              f"expected at least 2 columns, got {cells}"))
+      continue
+    name, labels = cells[0].strip(), [x.strip() for x in cells[1].split("|")]
+    rel = _relative(root / "images" / name, manual_dir)
+    unknown = [x for x in labels if x not in CHESTX_ALL_LABELS]
+    if unknown:
+      problems.append(Problem(
+          rel, line,
+          f"unknown label {unknown[0]!r}; expected one of "
+          f"{sorted(CHESTX_ALL_LABELS)}"))
+      continue
+    if len(labels) != 1:
+      excluded["multi-label row"] += 1
+      continue
+    if labels[0] not in CHESTX_CLASSES:
+      excluded[f"single label {labels[0]!r} not used"] += 1
+      continue
+    path = by_name.get(name)
+    if path is None:
+      problems.append(Problem(rel, line, "image file not found in " +
+                              ", ".join(_relative(d, manual_dir)
+                                        for d in image_dirs)))
+      continue
+    items.append(SourceItem(path=path, label=CHESTX_CLASSES.index(labels[0]),
+                            file=_relative(path, manual_dir), row=line))
+  unlisted = len(by_name.keys() - listed)
+  if unlisted:
+    excluded["image file not listed in the CSV"] = unlisted
+  return SourceListing(root=root, items=items, problems=problems,
+                       excluded=dict(sorted(excluded.items())),
+                       csv_name=_relative(csv_path, manual_dir))
+
+
+def list_isic(manual_dir: Path, instructions: str) -> SourceListing:
+  """Lists ISIC 2018 Task 3 (training set).
+
+  The ground-truth CSV has a column ``image`` and one-hot float columns MEL,
+  NV, BCC, AKIEC, BKL, DF, VASC; the label is the column holding 1. A row that
+  is not exactly one-hot is an unknown label.
+  """
+  root = find_dir(
+      manual_dir, lambda d: (d / ISIC_GT_DIR / ISIC_CSV).is_file(),
+      f"{ISIC_GT_DIR}/{ISIC_CSV}", instructions)
+  csv_path = root / ISIC_GT_DIR / ISIC_CSV
+  image_dir = root / ISIC_INPUT_DIR
+  if not image_dir.is_dir():
+    raise ManualDataError(
+        f"No {ISIC_INPUT_DIR}/ folder beside {ISIC_GT_DIR}/ in {root}.\n\n"
+        f"{instructions}")
+  header = _csv_header(csv_path)
+  missing = [c for c in ("image",) + ISIC_CLASSES if c not in header]
+  if missing:
+    raise ManualDataError(
+        f"{csv_path} line 1: columns {missing} missing; expected image, "
+        f"{', '.join(ISIC_CLASSES)}.")
+  col = {c: header.index(c) for c in ("image",) + ISIC_CLASSES}
+  csv_name = _relative(csv_path, manual_dir)
+  items, problems = [], []
+  listed: set[str] = set()
+  for line, cells in _read_csv(csv_path):
+    name = cells[col["image"]].strip() if len(cells) > col["image"] else ""
+    listed.add(f"{name}.jpg")
+    rel = _relative(image_dir / f"{name}.jpg", manual_dir)
+    try:
+      values = [float(cells[col[c]]) for c in ISIC_CLASSES]
+    except (IndexError, ValueError):
+      problems.append(Problem(
+          rel, line, f"unknown label: cells {cells[1:]} are not "
+          f"{len(ISIC_CLASSES)} numbers (one-hot {', '.join(ISIC_CLASSES)})"))
+      continue
+    if sorted(values) != [0.0] * (len(values) - 1) + [1.0]:
+      onehot = dict(zip(ISIC_CLASSES, values, strict=True))
+      problems.append(Problem(
+          rel, line, f"unknown label: {onehot} is not one-hot over "
+          f"{', '.join(ISIC_CLASSES)}"))
+      continue
+    path = image_dir / f"{name}.jpg"
+    if not path.is_file():
+      problems.append(Problem(rel, line, "image file not found"))
+      continue
+    items.append(SourceItem(path=path, label=values.index(1.0),
+                            file=_relative(path, manual_dir), row=line))
+  ignored = [
+      Problem(_relative(p, manual_dir), None,
+              "ignored: not listed in the ground-truth CSV")
+      for p in sorted(image_dir.iterdir())
+      if p.is_file() and p.name not in listed]
+  return SourceListing(root=root, items=items, problems=problems,
+                       ignored=ignored, csv_name=csv_name)
+
+
+# ----------------------------------------------------------------------------
+# Reading and validating image files.
+# ----------------------------------------------------------------------------
+
+
+def encode_png(image: Image.Image) -> bytes:
+  buf = io.BytesIO()
+  image.save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def read_image_file(path: Path) -> bytes:
+  """Reads an image file, fully decoding it to catch corrupt/truncated files.
+
+  Returns the file's own bytes when it is an RGB JPEG/PNG (no re-encoding,
+  bit-exact with the release's ``Image.open(f).convert("RGB")``); any other
+  file is stored as the lossless PNG of ``convert("RGB")``, which decodes to
+  the very same pixels.
+  """
+  data = path.read_bytes()
+  with Image.open(io.BytesIO(data)) as im:
+    im.load()
+    if im.format in ("JPEG", "PNG") and im.mode == "RGB":
+      return data
+    return encode_png(im.convert("RGB"))
+
+
+def read_chestx_file(path: Path) -> bytes:
+  """ChestX as the release loads it: ``Image.open(f).resize((256, 256))``
+  (Pillow's default filter) then ``convert("RGB")``, stored as lossless PNG."""
+  with Image.open(path) as im:
+    im.load()
+    out = im.resize((CHESTX_IMAGE_SIZE, CHESTX_IMAGE_SIZE)).convert("RGB")
+  return encode_png(out)
+
+
+# ----------------------------------------------------------------------------
+# Ordered parallel map (file decoding at build time).
+# ----------------------------------------------------------------------------
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def _call(fn: Callable[[_T], _R], item: _T) -> _R | Exception:
+  try:
+    return fn(item)
+  except Exception as e:  # noqa: BLE001 - reported per file by the caller.
+    return e
+
+
+def ordered_map(fn: Callable[[_T], _R], items: Iterable[_T],
+                num_workers: int) -> Iterator[tuple[_T, _R | Exception]]:
+  """Yields ``(item, fn(item) or the exception it raised)`` in input order.
+
+  Runs ahead on ``num_workers`` threads (Pillow releases the GIL while
+  decoding / resizing / encoding), holding a bounded window of results.
+  """
+  if num_workers <= 1:
+    for item in items:
+      yield item, _call(fn, item)
+    return
+  it = iter(items)
+  window: collections.deque[Any] = collections.deque()
+  with concurrent.futures.ThreadPoolExecutor(num_workers) as ex:
+    for item in itertools.islice(it, 4 * num_workers):
+      window.append((item, ex.submit(_call, fn, item)))
+    try:
+      while window:
+        item, future = window.popleft()
+        for nxt in itertools.islice(it, 1):
+          window.append((nxt, ex.submit(_call, fn, nxt)))
+        yield item, future.result()
+    finally:
+      for _, future in window:
+        future.cancel()

@@ -1,0 +1,251 @@
+"""The episode engine: batching, sharding, determinism, learning, errors."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from jaxfsl.finetune import (
+    EngineConfig,
+    EpisodeEngine,
+    MethodConfig,
+    OptimConfig,
+    episode_keys,
+)
+from jaxfsl.models import LoraConfig, build
+
+WAY, SHOT, QUERY, SIZE = 5, 1, 4, 32
+
+
+def tiny_model():
+  from jaxfsl.models.config import clip_config
+
+  config = clip_config(vision_width=32, vision_depth=2, vision_heads=2,
+                       patch_size=16, image_size=SIZE, text_width=32,
+                       text_depth=1, text_heads=2, embed_dim=16,
+                       vocab_size=300, context_length=32)
+  return build(config, seed=0)
+
+
+def make_batch(model, num_episodes, seed=0, shot=SHOT, query=QUERY):
+  """Episodes whose classes are learnable: each class has its own colour."""
+  rng = np.random.RandomState(seed)
+  m, q = WAY * shot, WAY * query
+
+  def images(labels, colours):
+    noise = rng.randint(-25, 25, labels.shape + (SIZE, SIZE, 3))
+    return np.clip(colours[labels][..., None, None, :] + noise, 0,
+                   255).astype(np.uint8)
+
+  batch = {k: [] for k in ("support_views", "support", "support_labels",
+                           "query", "query_labels", "text_ids")}
+  for _ in range(num_episodes):
+    colours = rng.randint(0, 255, (WAY, 3))
+    support_labels = np.repeat(np.arange(WAY), shot).astype(np.int32)
+    query_labels = np.repeat(np.arange(WAY), query).astype(np.int32)
+    support = images(support_labels, colours)
+    views = np.stack([support] + [images(support_labels, colours)
+                                  for _ in range(4)])
+    batch["support_views"].append(views)
+    batch["support"].append(support)
+    batch["support_labels"].append(support_labels)
+    batch["query"].append(images(query_labels, colours))
+    batch["query_labels"].append(query_labels)
+    batch["text_ids"].append(
+        model.tokenize([f"a photo of a class {i}." for i in range(WAY)]))
+  assert m == batch["support"][0].shape[0] and q == len(query_labels)
+  return {k: np.stack(v) for k, v in batch.items()}
+
+
+def config(**kw):
+  base = dict(way=WAY, shot=SHOT, query=QUERY, steps=10,
+              method=MethodConfig(variant="svl_ra"),
+              optim=OptimConfig(lr=1e-3), lora=LoraConfig(rank=4))
+  base.update(kw)
+  return EngineConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def model():
+  return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def batch(model):
+  return make_batch(model, 3)
+
+
+@pytest.fixture(scope="module")
+def engine(model):
+  # Shared so that its compiled programs are reused across tests.
+  return EpisodeEngine(model, config())
+
+
+def test_batched_equals_one_by_one(engine, batch):
+  keys = episode_keys(0, np.arange(3))
+  together = engine.run_batch(batch, keys, return_adapters=True)
+  for e in range(3):
+    single = {k: v[e:e + 1] for k, v in batch.items()}
+    alone = engine.run_batch(single, keys[e:e + 1], return_adapters=True)
+    np.testing.assert_allclose(alone["stages"]["accuracy"][0],
+                               together["stages"]["accuracy"][e], atol=1e-5)
+    np.testing.assert_allclose(alone["losses"]["total"][0],
+                               together["losses"]["total"][e], rtol=1e-4,
+                               atol=1e-5)
+    a = jax.tree_util.tree_leaves(alone["adapters"])
+    b = jax.tree_util.tree_leaves(together["adapters"])
+    for x, y in zip(a, b, strict=True):
+      np.testing.assert_allclose(x[0], y[e], atol=1e-5)
+
+
+def test_same_seed_same_results_and_other_seed_differs(model, engine, batch):
+  first = engine.run_batch(batch, episode_keys(0, np.arange(3)))
+  again = EpisodeEngine(model, config()).run_batch(
+      batch, episode_keys(0, np.arange(3)))
+  other = engine.run_batch(batch, episode_keys(1, np.arange(3)))
+  np.testing.assert_array_equal(first["losses"]["total"],
+                                again["losses"]["total"])
+  np.testing.assert_array_equal(first["stages"]["accuracy"],
+                                again["stages"]["accuracy"])
+  assert not np.array_equal(first["losses"]["total"], other["losses"]["total"])
+
+
+def test_finetuning_learns(model, batch):
+  engine = EpisodeEngine(model, config(
+      steps=30, method=MethodConfig(variant="none"),
+      optim=OptimConfig(lr=5e-3)))
+  out = engine.run_batch(batch, episode_keys(0, np.arange(3)))
+  vlm = out["losses"]["vlm"]
+  assert np.all(vlm[:, -1] < vlm[:, 0]), vlm
+  final = out["stages"]["accuracy"][:, -1]
+  zero_shot = out["zero_shot"]["accuracy"]
+  assert final.mean() > zero_shot.mean() + 0.2, (final, zero_shot)
+
+
+@pytest.mark.parametrize("variant", ["none", "svl", "ra", "visual"])
+def test_variants_run_and_use_their_terms(model, batch, variant):
+  cfg = config(method=MethodConfig(variant=variant))
+  out = EpisodeEngine(model, cfg).run_batch(
+      {k: v[:1] for k, v in batch.items()}, episode_keys(0, [0]))
+  losses = out["losses"]
+  stage1 = slice(0, 3)  # segments fully inside the 0.6 T window
+  assert (np.abs(losses["anti_visual"][0, stage1]).sum() > 0) == (
+      variant == "svl")
+  assert (np.abs(losses["relation"][0, stage1]).sum() > 0) == (variant == "ra")
+  assert (np.abs(losses["visual"][0, stage1]).sum() > 0) == (
+      variant == "visual")
+  # Stage 2 is L_vlm alone.
+  np.testing.assert_allclose(losses["total"][0, 3:], losses["vlm"][0, 3:],
+                             rtol=1e-6)
+
+
+def test_skipping_clean_pass_in_stage2_is_exact(model, engine, batch):
+  one = {k: v[:1] for k, v in batch.items()}
+  keys = episode_keys(0, [0])
+  fast = engine.run_batch(one, keys)
+  full = EpisodeEngine(model, config(skip_clean_pass_in_stage2=False)
+                       ).run_batch(one, keys)
+  np.testing.assert_allclose(fast["stages"]["accuracy"],
+                             full["stages"]["accuracy"], atol=1e-6)
+  np.testing.assert_allclose(fast["losses"]["total"], full["losses"]["total"],
+                             rtol=1e-5)
+
+
+def test_text_tower_tuning_changes_text_side(model, batch):
+  one = {k: v[:1] for k, v in batch.items()}
+  cfg = config(lora=LoraConfig(rank=4, towers="text"),
+               method=MethodConfig(variant="none"))
+  out = EpisodeEngine(model, cfg).run_batch(one, episode_keys(0, [0]),
+                                            return_adapters=True)
+  assert set(out["adapters"]) == {"txt"}
+  assert out["losses"]["vlm"][0, -1] < out["losses"]["vlm"][0, 0]
+
+
+def test_nonfinite_loss_names_episode_and_step(model, batch):
+  cfg = config(optim=OptimConfig(lr=1e30))
+  engine = EpisodeEngine(model, cfg)
+  with pytest.raises(FloatingPointError, match=r"episode 7: .* at step \d+"):
+    engine.run_batch({k: v[:1] for k, v in batch.items()},
+                     episode_keys(0, [7]), episode_ids=np.array([7]))
+
+
+def test_bad_batch_shapes_are_named(model, batch):
+  engine = EpisodeEngine(model, config(shot=2))
+  with pytest.raises(ValueError, match=r"support_views.*expected"):
+    engine.run_batch(batch, episode_keys(0, np.arange(3)))
+  with pytest.raises(KeyError, match="query_labels"):
+    engine.run_batch({k: v for k, v in batch.items() if k != "query_labels"},
+                     episode_keys(0, np.arange(3)))
+
+
+def test_memory_grows_with_adapters_and_activations_only(model, engine,
+                                                         batch):
+  """The compiled program holds one backbone whatever the number of episodes."""
+  fn = engine._batch_fn(False)
+  backbone_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(
+      model.params))
+  sizes = {}
+  for e in (1, 2):
+    args = ({k: v[:e] for k, v in batch.items()},)
+    compiled = fn.lower(model.params, *args,
+                        episode_keys(0, np.arange(e))).compile()
+    analysis = compiled.memory_analysis()
+    sizes[e] = analysis.argument_size_in_bytes
+  input_bytes = sum(v[:1].nbytes for v in batch.values())
+  # One more episode adds its inputs (and key), never another backbone.
+  assert sizes[2] - sizes[1] < input_bytes + 64, (sizes, input_bytes)
+  assert sizes[1] >= backbone_bytes
+
+
+SHARDED_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import jax
+    sys.path.insert(0, {tests!r})
+    from test_finetune import tiny_model, make_batch, config
+    from jaxfsl.finetune import EpisodeEngine, episode_keys
+    model = tiny_model()
+    batch = make_batch(model, 4)
+    out = EpisodeEngine(model, config()).run_batch(
+        batch, episode_keys(0, np.arange(4)))
+    print(json.dumps({{"devices": jax.device_count(),
+                      "accuracy": out["stages"]["accuracy"].tolist(),
+                      "total": out["losses"]["total"].tolist()}}))
+""")
+
+
+def _run_with_devices(count):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={count}"
+  env["JAX_PLATFORMS"] = "cpu"
+  script = SHARDED_SCRIPT.format(tests=os.path.dirname(__file__))
+  result = subprocess.run([sys.executable, "-c", script], env=env,
+                          capture_output=True, text=True, timeout=600,
+                          check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_sharded_over_four_devices_equals_one():
+  one = _run_with_devices(1)
+  four = _run_with_devices(4)
+  assert one["devices"] == 1 and four["devices"] == 4
+  np.testing.assert_allclose(four["accuracy"], one["accuracy"], atol=1e-5)
+  np.testing.assert_allclose(four["total"], one["total"], rtol=1e-4,
+                             atol=1e-5)
+
+
+def test_stage_ends_and_window():
+  cfg = EngineConfig(steps=250)
+  assert cfg.stage_ends == (50, 100, 150, 200, 250)
+  assert cfg.window == (0, 150)
+  last = dataclasses.replace(cfg, method=MethodConfig(timing="last"))
+  assert last.window == (100, 250)
+  with pytest.raises(ValueError, match="variant"):
+    MethodConfig(variant="bogus")
