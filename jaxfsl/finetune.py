@@ -27,6 +27,7 @@ Shapes used below (one episode; ``E`` leads everything in a batch):
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -135,6 +136,15 @@ class EngineConfig:
     skip_clean_pass_in_stage2: after the stage-1 window the clean support
       pass feeds no loss; skipping it is exact and saves M of N + M images
       per step, at the price of compiling a second step body.
+    clean_from_views: opt-in, not the release: take the clean support
+      features g from the augmented pass (view 0 is the identity view of
+      the same images, rows [0, M) of the views) instead of a second pass
+      with its own LoRA dropout masks. Saves M of N + M images per stage-1
+      step (1/6 at any shot); g then shares view 0's dropout masks, so
+      results differ from the release's beyond rounding.
+    cpu_tuning: on CPU devices, compile with ``CPU_COMPILER_OPTIONS``
+      (faster, rounding-level differences only); options already set in
+      ``XLA_FLAGS`` are left to it. No effect on GPU/TPU.
   """
 
   way: int = 5
@@ -148,6 +158,8 @@ class EngineConfig:
   remat: bool = False
   skip_clean_pass_in_stage2: bool = True
   num_views: int = 5
+  clean_from_views: bool = False
+  cpu_tuning: bool = True
 
   def __post_init__(self):
     for name in ("way", "shot", "query", "steps", "num_views"):
@@ -373,8 +385,11 @@ class EpisodeEngine:
       aux["anti_visual"] = l_ad
       total = total + active * method.anti_visual_weight * l_ad
     if method.needs_clean_pass:
-      g = self._image_feats(backbone, adapters, inputs.clean_tokens,
-                            clean_rng)
+      if cfg.clean_from_views:
+        g = f[:inputs.clean_tokens.shape[0]]
+      else:
+        g = self._image_feats(backbone, adapters, inputs.clean_tokens,
+                              clean_rng)
       if method.uses_ra:
         # p falls from 1 at the window's first step to 0 at its end. The
         # window's first step has no previous A_v, hence no RA term.
@@ -541,8 +556,19 @@ class EpisodeEngine:
       replicated = NamedSharding(self.mesh, PartitionSpec())
       self._compiled[key] = jax.jit(
           run, in_shardings=(replicated, episodes, episodes),
-          out_shardings=episodes)
+          out_shardings=episodes, compiler_options=self.compiler_options)
     return self._compiled[key]
+
+  @property
+  def compiler_options(self) -> dict | None:
+    """XLA options the engine's programs are compiled with (None: XLA's)."""
+    if not self.config.cpu_tuning or any(
+        d.platform != "cpu" for d in self.mesh.devices.flat):
+      return None
+    user_flags = os.environ.get("XLA_FLAGS", "")
+    options = {k: v for k, v in CPU_COMPILER_OPTIONS.items()
+               if f"--{k}" not in user_flags}
+    return options or None
 
   def run_batch(self, batch: Mapping[str, np.ndarray], rngs: Array,
                 episode_ids: np.ndarray | None = None,
@@ -554,7 +580,9 @@ class EpisodeEngine:
         uint8 [E, V, M, S, S, 3], ``support`` uint8 [E, M, S, S, 3],
         ``support_labels`` int32 [E, M], ``query`` uint8 [E, Q, S, S, 3],
         ``query_labels`` int32 [E, Q], ``text_ids`` int32 [E, way, L].
-        E must be a multiple of the mesh's episode-axis size.
+        E must be a multiple of the mesh's episode-axis size. On several
+        hosts (``jax.distributed.initialize()``), each host passes its own
+        E / process_count episodes and receives the results of all E.
       rngs: PRNG keys [E] (e.g. ``episode_keys(seed, indices)``).
       episode_ids: episode indices [E], used to name an episode in errors.
       return_adapters: also return each episode's final adapters.
@@ -568,8 +596,23 @@ class EpisodeEngine:
     """
     self._check_batch(batch)
     arrays = {k: np.asarray(batch[k]) for k in BATCH_KEYS}
-    out = self._batch_fn(return_adapters)(self.model.params, arrays, rngs)
-    out = jax.device_get(out)
+    fn = self._batch_fn(return_adapters)
+    if jax.process_count() == 1:
+      out = jax.device_get(fn(self.model.params, arrays, rngs))
+    else:
+      # Multi-host: each host passes its own slice of the episodes; they are
+      # assembled into one global array sharded over every host's devices,
+      # and the results gathered back so every host sees the whole batch.
+      from jax.experimental import multihost_utils
+
+      episodes = NamedSharding(self.mesh, PartitionSpec(self.axis))
+      arrays, rngs = jax.tree_util.tree_map(
+          lambda x: jax.make_array_from_process_local_data(episodes, x),
+          (arrays, np.asarray(jax.random.key_data(rngs))
+           if jax.dtypes.issubdtype(rngs.dtype, jax.dtypes.prng_key)
+           else np.asarray(rngs)))
+      out = multihost_utils.process_allgather(
+          fn(self.model.params, arrays, rngs), tiled=True)
     bad = np.flatnonzero(out["first_nonfinite_step"] >= 0)
     if bad.size:
       e = int(bad[0])
@@ -608,12 +651,25 @@ class EpisodeEngine:
     if ids_shape[:2] != (e, cfg.way):
       raise ValueError(f"episode batch['text_ids'] has shape {ids_shape}, "
                        f"expected ({e}, {cfg.way}, L)")
-    devices = self.mesh.shape[self.axis]
+    # Per host: each host feeds the devices it owns.
+    devices = max(1, self.mesh.shape[self.axis] // jax.process_count())
     if e % devices:
       raise ValueError(
           f"a batch of {e} episodes cannot be split over {devices} devices; "
           "use a multiple (pad the last batch)")
 
+
+# XLA:CPU options for the engine's programs (``EngineConfig.cpu_tuning``),
+# chosen with tools/benchmark.py on x86 (AVX-512) CPUs, ViT-B/16 steps:
+# * an empty YNNPACK fusion list: XLA's default sends every dot through a
+#   YNNPACK fusion, ~15% slower per step here than its Eigen matmuls;
+# * 512-bit vectors for the element-wise fusions (LayerNorm, softmax, GELU,
+#   dropout masks): ~5% (ignored on CPUs without AVX-512).
+# Only the choice of kernels changes: results differ by rounding at most.
+CPU_COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "",
+    "xla_cpu_prefer_vector_width": 512,
+}
 
 BATCH_KEYS = ("support_views", "support", "support_labels", "query",
               "query_labels", "text_ids")

@@ -21,6 +21,7 @@ from jaxfsl.finetune import (
 from jaxfsl.models import LoraConfig, build
 
 WAY, SHOT, QUERY, SIZE = 5, 1, 4, 32
+NUM_EPISODES = 4  # a multiple of the 4 simulated devices of the sharded test
 
 
 def tiny_model():
@@ -64,7 +65,7 @@ def make_batch(model, num_episodes, seed=0, shot=SHOT, query=QUERY):
 
 
 def config(**kw):
-  base = dict(way=WAY, shot=SHOT, query=QUERY, steps=10,
+  base = dict(way=WAY, shot=SHOT, query=QUERY, steps=5,
               method=MethodConfig(variant="svl_ra"),
               optim=OptimConfig(lr=1e-3), lora=LoraConfig(rank=4))
   base.update(kw)
@@ -78,7 +79,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def batch(model):
-  return make_batch(model, 3)
+  return make_batch(model, NUM_EPISODES)
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +88,15 @@ def engine(model):
   return EpisodeEngine(model, config())
 
 
-def test_batched_equals_one_by_one(engine, batch):
-  keys = episode_keys(0, np.arange(3))
-  together = engine.run_batch(batch, keys, return_adapters=True)
-  for e in range(3):
+@pytest.fixture(scope="module")
+def together(engine, batch):
+  return engine.run_batch(batch, episode_keys(0, np.arange(NUM_EPISODES)),
+                          return_adapters=True)
+
+
+def test_batched_equals_one_by_one(engine, batch, together):
+  keys = episode_keys(0, np.arange(NUM_EPISODES))
+  for e in range(NUM_EPISODES):
     single = {k: v[e:e + 1] for k, v in batch.items()}
     alone = engine.run_batch(single, keys[e:e + 1], return_adapters=True)
     np.testing.assert_allclose(alone["stages"]["accuracy"][0],
@@ -104,11 +110,11 @@ def test_batched_equals_one_by_one(engine, batch):
       np.testing.assert_allclose(x[0], y[e], atol=1e-5)
 
 
-def test_same_seed_same_results_and_other_seed_differs(model, engine, batch):
-  first = engine.run_batch(batch, episode_keys(0, np.arange(3)))
-  again = EpisodeEngine(model, config()).run_batch(
-      batch, episode_keys(0, np.arange(3)))
-  other = engine.run_batch(batch, episode_keys(1, np.arange(3)))
+def test_same_seed_same_results_and_other_seed_differs(model, engine, batch,
+                                                       together):
+  first = together
+  again = engine.run_batch(batch, episode_keys(0, np.arange(NUM_EPISODES)))
+  other = engine.run_batch(batch, episode_keys(1, np.arange(NUM_EPISODES)))
   np.testing.assert_array_equal(first["losses"]["total"],
                                 again["losses"]["total"])
   np.testing.assert_array_equal(first["stages"]["accuracy"],
@@ -120,7 +126,7 @@ def test_finetuning_learns(model, batch):
   engine = EpisodeEngine(model, config(
       steps=30, method=MethodConfig(variant="none"),
       optim=OptimConfig(lr=5e-3)))
-  out = engine.run_batch(batch, episode_keys(0, np.arange(3)))
+  out = engine.run_batch(batch, episode_keys(0, np.arange(NUM_EPISODES)))
   vlm = out["losses"]["vlm"]
   assert np.all(vlm[:, -1] < vlm[:, 0]), vlm
   final = out["stages"]["accuracy"][:, -1]
@@ -159,8 +165,8 @@ def test_skipping_clean_pass_in_stage2_is_exact(model, engine, batch):
 
 def test_text_tower_tuning_changes_text_side(model, batch):
   one = {k: v[:1] for k, v in batch.items()}
-  cfg = config(lora=LoraConfig(rank=4, towers="text"),
-               method=MethodConfig(variant="none"))
+  cfg = config(lora=LoraConfig(rank=4, towers="text"), steps=20,
+               method=MethodConfig(variant="none"), optim=OptimConfig(lr=5e-3))
   out = EpisodeEngine(model, cfg).run_batch(one, episode_keys(0, [0]),
                                             return_adapters=True)
   assert set(out["adapters"]) == {"txt"}
@@ -177,11 +183,12 @@ def test_nonfinite_loss_names_episode_and_step(model, batch):
 
 def test_bad_batch_shapes_are_named(model, batch):
   engine = EpisodeEngine(model, config(shot=2))
+  keys = episode_keys(0, np.arange(NUM_EPISODES))
   with pytest.raises(ValueError, match=r"support_views.*expected"):
-    engine.run_batch(batch, episode_keys(0, np.arange(3)))
+    engine.run_batch(batch, keys)
   with pytest.raises(KeyError, match="query_labels"):
     engine.run_batch({k: v for k, v in batch.items() if k != "query_labels"},
-                     episode_keys(0, np.arange(3)))
+                     keys)
 
 
 def test_memory_grows_with_adapters_and_activations_only(model, engine,
@@ -208,41 +215,41 @@ SHARDED_SCRIPT = textwrap.dedent("""
     import numpy as np
     import jax
     sys.path.insert(0, {tests!r})
-    from test_finetune import tiny_model, make_batch, config
+    from test_finetune import NUM_EPISODES, tiny_model, make_batch, config
     from jaxfsl.finetune import EpisodeEngine, episode_keys
     model = tiny_model()
-    batch = make_batch(model, 4)
+    batch = make_batch(model, NUM_EPISODES)
     out = EpisodeEngine(model, config()).run_batch(
-        batch, episode_keys(0, np.arange(4)))
+        batch, episode_keys(0, np.arange(NUM_EPISODES)))
     print(json.dumps({{"devices": jax.device_count(),
                       "accuracy": out["stages"]["accuracy"].tolist(),
                       "total": out["losses"]["total"].tolist()}}))
 """)
 
 
-def _run_with_devices(count):
+def test_sharded_over_four_devices_equals_one(together):
+  """The same batch on 4 simulated CPU devices (a subprocess: the device
+  count is fixed when JAX starts) equals this process's single device."""
+  assert jax.device_count() == 1
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={count}"
-  env["JAX_PLATFORMS"] = "cpu"
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                      " --xla_force_host_platform_device_count=4")
   script = SHARDED_SCRIPT.format(tests=os.path.dirname(__file__))
   result = subprocess.run([sys.executable, "-c", script], env=env,
                           capture_output=True, text=True, timeout=600,
                           check=False)
   assert result.returncode == 0, result.stderr[-3000:]
-  return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def test_sharded_over_four_devices_equals_one():
-  one = _run_with_devices(1)
-  four = _run_with_devices(4)
-  assert one["devices"] == 1 and four["devices"] == 4
-  np.testing.assert_allclose(four["accuracy"], one["accuracy"], atol=1e-5)
-  np.testing.assert_allclose(four["total"], one["total"], rtol=1e-4,
+  four = json.loads(result.stdout.strip().splitlines()[-1])
+  assert four["devices"] == 4
+  np.testing.assert_allclose(four["accuracy"], together["stages"]["accuracy"],
                              atol=1e-5)
+  np.testing.assert_allclose(four["total"], together["losses"]["total"],
+                             rtol=1e-4, atol=1e-5)
 
 
 def test_stage_ends_and_window():
   cfg = EngineConfig(steps=250)
+  assert config().window == (0, 3) and config().stage_ends == (1, 2, 3, 4, 5)
   assert cfg.stage_ends == (50, 100, 150, 200, 250)
   assert cfg.window == (0, 150)
   last = dataclasses.replace(cfg, method=MethodConfig(timing="last"))

@@ -97,7 +97,8 @@ class VisionTower(nn.Module):
                                 (c.num_tokens, c.width), jnp.float32)
     if c.pre_norm:
       self.ln_pre = LayerNorm(c.norm_eps)
-    block_cls = nn.remat(Block, static_argnums=(3,)) if self.remat else Block
+    block_cls = (nn.remat(Block, static_argnums=(3, 4)) if self.remat
+                 else Block)
     self.blocks = [
         block_cls(c.heads, c.mlp_dim, c.act, c.norm_eps, dtype=self.dtype,
                   lora_scaling=self.lora_scaling,
@@ -147,8 +148,12 @@ class VisionTower(nn.Module):
     x = x + self.pos_embed.astype(self.dtype)
     if c.pre_norm:
       x = self.ln_pre(x)
-    for block in self.blocks:
-      x = block(x, None, deterministic)
+    last = len(self.blocks) - 1
+    for i, block in enumerate(self.blocks):
+      # Only the class token of the last block reaches the output: computing
+      # that row alone is exact and skips ~7% of a ViT-B/16's FLOPs.
+      rows = 1 if c.pool == "cls" and i == last else None
+      x = block(x, None, deterministic, rows)
     if c.pool == "cls":
       pooled = self.ln_post(x[:, 0])
     else:

@@ -1,0 +1,101 @@
+r"""The release's settings (METHOD.md); every target config starts here.
+
+  python -m jaxfsl.main --config configs/chestx.py --workdir DIR
+
+Every key jaxfsl knows is set below (the job runner rejects others, and
+wrong types, naming the key); override any with ``--config.KEY=VALUE``.
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+  """Release defaults: CLIP ViT-B/16 + vision LoRA, SVL + RA, 5-way 1-shot."""
+  del arg
+  config = ml_collections.ConfigDict()
+
+  config.model = ml_collections.ConfigDict()
+  # A pretrained checkpoint (HF folder, OpenAI .pt, big_vision .npz) ...
+  config.model.checkpoint = "~/jaxfsl_models/clip-vit-base-patch16"
+  # ... or a random-init preset of jaxfsl.models.PRESETS (set exactly one).
+  config.model.init = ""
+  config.model.init_seed = 0
+  # Random-init only: input side and vision depth (0: the preset's).
+  config.model.image_size = 0
+  config.model.vision_depth = 0
+  # Tokenizer files when the checkpoint lacks them ('': the checkpoint's).
+  config.model.tokenizer = ""
+
+  config.dataset = ml_collections.ConfigDict()
+  # chestx | isic2018 | crop_disease | eurosat | image_folder/<name> |
+  # synthetic (set by the target configs).
+  config.dataset.name = ""
+  # Prepared datasets ('': $JAXFSL_DATA_DIR or ~/jaxfsl_data); "{workdir}"
+  # is replaced by the job's workdir.
+  config.dataset.data_dir = ""
+  # Generate the synthetic dataset when it is absent (demo only).
+  config.dataset.prepare_synthetic = False
+  config.dataset.synthetic = ml_collections.ConfigDict(dict(
+      num_classes=10, images_per_class=40, image_size=64, seed=0))
+  config.dataset.exclude_small_classes = False
+  config.dataset.num_workers = 4  # Threads building episodes.
+  config.dataset.prefetch = 2  # Batches prepared ahead.
+
+  config.prompt = "a photo of a {}."
+  config.way = 5
+  config.shot = 1
+  config.query = 15
+  # -1: 800 episodes for 1-shot, 400 otherwise (the benchmark).
+  config.episodes = -1
+  # T = epochs * shot full-batch steps; steps > 0 overrides T directly.
+  config.epochs = 250
+  config.steps = -1
+  config.seed = 1
+  # Episodes fine-tuned at once (vmapped); rounded up to a multiple of the
+  # device count. Results do not depend on it.
+  config.episodes_per_batch = 4
+
+  config.method = ml_collections.ConfigDict()
+  config.method.variant = "svl_ra"  # none | svl | ra | svl_ra | visual
+  config.method.anti_visual_weight = 0.1  # SVL (L_ad).
+  config.method.relation_weight = 3.0  # RA (L_ra).
+  config.method.visual_weight = 1.0  # "FT + L_v" (variant visual).
+  config.method.stage1_fraction = 0.6  # Extra terms during 0.6 T ...
+  config.method.timing = "begin"  # ... at the beginning (or "last").
+  config.method.relation_form = "release"  # Or "softmax_kl" (the paper's).
+
+  config.lora = ml_collections.ConfigDict()
+  config.lora.rank = 16
+  config.lora.alpha = 8.0  # Scaling alpha / sqrt(rank) = 2.
+  config.lora.dropout = 0.25
+  config.lora.targets = ("q", "k", "v")
+  config.lora.towers = "vision"  # vision | text | both
+  # all | bottom | mid | up | half-up | half-bottom, or indices "0,1,2".
+  config.lora.blocks = "all"
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.lr = 2e-4
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.999
+  config.optim.eps = 1e-8
+  config.optim.weight_decay = 1e-2
+  config.optim.min_lr = 1e-6  # Cosine floor ...
+  config.optim.period_factor = 8.0  # ... over a period of 8 T.
+
+  config.logit_scale = 100.0
+  # Use the checkpoint's learned temperature instead of logit_scale.
+  config.use_checkpoint_logit_scale = False
+  # float32 | bfloat16 | float16 matmuls (parameters stay float32; the
+  # release trains in fp16 with loss scaling).
+  config.compute_dtype = "float32"
+  config.remat = False
+  config.skip_clean_pass_in_stage2 = True
+
+  config.save_adapters = False  # Keep each episode's final adapters.
+  config.eval_only = False  # Re-evaluate saved adapters, no training.
+  config.restart = False  # Discard a previous run in the workdir.
+  config.jax_cache_dir = ""  # Persistent XLA compilation cache.
+  config.multihost = False  # jax.distributed.initialize() (or env
+  # JAXFSL_MULTIHOST=1).
+  config.demo = False  # Marks a pipeline check (demo.py).
+  return config

@@ -1,0 +1,81 @@
+"""tools/benchmark.py and jaxfsl.benchmarking: a smoke run on the tiny model
+(fields present, finite, positive; no timing assertion) and the FLOP count."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxfsl import benchmarking
+from jaxfsl.models import PRESETS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_tiny_model_one_step():
+  report = benchmarking.run(benchmarking.BenchmarkConfig(
+      model="tiny-clip", steps=1, warmup=0))
+  json.dumps(report)  # serialisable as the CLI prints it
+  for key in ("step_seconds", "images_per_second", "episodes_per_hour",
+              "tflops_per_second", "compile_seconds", "peak_memory_bytes",
+              "step_tflop", "backbone_bytes", "episode_state_bytes"):
+    value = report[key]
+    assert isinstance(value, (int, float)) and math.isfinite(value), key
+    assert value > 0, key
+  assert report["episodes_per_batch"] == 1
+  assert report["device_count"] >= 1 and report["device_kind"]
+  assert report["images_per_episode_step"] == 30  # 25 views + 5 clean
+  assert "mfu" in report  # None on CPU
+  assert len(report["step_seconds_all"]) == 1
+
+
+def _cli():
+  spec = importlib.util.spec_from_file_location(
+      "benchmark_cli", os.path.join(ROOT, "tools", "benchmark.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_cli_parses_and_rejects():
+  cli = _cli()
+  config, quiet = cli.parse(["--model", "tiny-clip", "--shot", "5",
+                             "--episodes_per_batch", "2", "--steps", "4",
+                             "--option", "clean_from_views=true", "--quiet"])
+  assert (config.shot, config.episodes_per_batch, config.steps) == (5, 2, 4)
+  assert config.engine_options == {"clean_from_views": True} and quiet
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"),
+       "--dtype", "float16"], capture_output=True, text=True, check=False)
+  assert result.returncode != 0 and "dtype" in result.stderr
+
+
+def test_vit_b16_flops():
+  vision = PRESETS["clip-vit-b16"].vision
+  per_image = benchmarking.vision_flops(vision)
+  # 12 blocks of 197 tokens, width 768: 2788.8 MFLOP of projections and
+  # 119.2 MFLOP of attention per block, the projection to 512, LoRA r=16.
+  t, w = 197, 768
+  dense = 12 * (2 * t * w * 3 * w + 2 * t * w * w + 4 * t * w * 4 * w)
+  assert per_image.dense == dense + 2 * w * 512
+  assert per_image.attention == 12 * 4 * t * t * w
+  assert per_image.lora == 12 * 3 * 4 * t * w * 16
+  assert per_image.forward == pytest.approx(35.24e9, rel=1e-3)
+  step = benchmarking.step_flops(vision, 30)
+  assert step == pytest.approx(2.168e12, rel=1e-3)
+  assert step == 30 * (2 * per_image.dense + 3 * per_image.attention
+                       + 3 * per_image.lora)
+
+
+def test_peak_table():
+  assert benchmarking.peak_tflops("NVIDIA H200", "bfloat16") == 989.0
+  assert benchmarking.peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.0
+  assert benchmarking.peak_tflops("TPU v5 lite", "bfloat16") == 197.0
+  assert benchmarking.peak_tflops("TPU v5p", "bfloat16") == 459.0
+  assert benchmarking.peak_tflops("cpu", "float32") is None

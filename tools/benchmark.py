@@ -1,0 +1,100 @@
+r"""Times the episode engine's training step; prints one JSON line.
+
+  python tools/benchmark.py --model clip-vit-b16 --shot 1 \
+      --episodes_per_batch 1 --steps 3 --dtype float32 --against torch
+
+Fields: ``step_seconds`` (median seconds of one step of the whole batch of
+E episodes, stage 1: every loss term on), ``episodes_per_batch``,
+``images_per_second``, ``episodes_per_hour`` (at T = 250 * shot steps),
+``tflops_per_second`` and ``mfu`` (model FLOPs of forward + backward, see
+``jaxfsl.benchmarking``; ``mfu`` is None where the device's peak is
+unknown, e.g. CPUs), ``compile_seconds``, ``peak_memory_bytes`` (device peak
+bytes in use, or the process's max RSS on CPU), ``compiled_memory`` (XLA's
+temp/argument buffer sizes of the step), ``episode_state_bytes``,
+``backbone_bytes``, ``device_kind``, ``device_count``; with
+``--against torch`` also ``torch_step_seconds`` and ``speedup_vs_torch``
+(episodes per second, jaxfsl / torch), timed interleaved in this process.
+
+XLA flags are read when JAX starts: set ``XLA_FLAGS`` in the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from jaxfsl import benchmarking
+from jaxfsl.finetune import VARIANTS
+
+
+def parse(argv=None) -> tuple[benchmarking.BenchmarkConfig, bool]:
+  """Command line -> (benchmark config, quiet)."""
+  p = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--model", default="clip-vit-b16",
+                 help="preset (clip-vit-b16, clip-vit-l14, siglip-b16, "
+                 "tiny-clip, ...) or checkpoint path")
+  p.add_argument("--shot", type=int, default=1)
+  p.add_argument("--episodes_per_batch", type=int, default=1)
+  p.add_argument("--steps", type=int, default=3, help="timed steps")
+  p.add_argument("--warmup", type=int, default=1,
+                 help="untimed steps after compiling")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"),
+                 default="float32")
+  p.add_argument("--variant", choices=VARIANTS, default="svl_ra")
+  p.add_argument("--against", choices=("torch",), default=None,
+                 help="also time the PyTorch reference step (needs torch "
+                 "and transformers)")
+  p.add_argument("--torch_threads", type=int, default=None)
+  p.add_argument("--time_stage2", action="store_true",
+                 help="also time stage-2 steps for episodes_per_hour")
+  p.add_argument("--remat", action="store_true",
+                 help="EngineConfig.remat: rematerialise blocks")
+  p.add_argument("--option", action="append", default=[],
+                 metavar="NAME=VALUE",
+                 help="extra EngineConfig field (bool/int/float), repeatable")
+  p.add_argument("--compile_only", action="store_true",
+                 help="compile and report memory analysis, run nothing")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+  args = p.parse_args(argv)
+  options = {}
+  if args.remat:
+    options["remat"] = True
+  for item in args.option:
+    name, _, value = item.partition("=")
+    options[name] = _literal(value)
+  config = benchmarking.BenchmarkConfig(
+      model=args.model, shot=args.shot,
+      episodes_per_batch=args.episodes_per_batch, steps=args.steps,
+      dtype=args.dtype, variant=args.variant, against=args.against,
+      time_stage2=args.time_stage2, engine_options=options,
+      warmup=args.warmup, compile_only=args.compile_only, seed=args.seed,
+      torch_threads=args.torch_threads)
+  return config, args.quiet
+
+
+def _literal(value: str):
+  lowered = value.lower()
+  if lowered in ("true", "false"):
+    return lowered == "true"
+  for cast in (int, float):
+    try:
+      return cast(value)
+    except ValueError:
+      pass
+  return value
+
+
+def main(argv=None) -> dict:
+  config, quiet = parse(argv)
+  log = None if quiet else (lambda msg: print(msg, file=sys.stderr,
+                                               flush=True))
+  report = benchmarking.run(config, log=log)
+  print(json.dumps(report), flush=True)
+  return report
+
+
+if __name__ == "__main__":
+  main()
