@@ -1,6 +1,5 @@
 """The engine's performance paths compute what the plain code computes.
 
-* ``layers.bernoulli_mask`` draws jax.random.bernoulli's bits exactly;
 * the ViT's last block computes the class token's row only: the features
   equal the full computation's (train mode too: same dropout masks);
 * ``EngineConfig.clean_from_views`` (opt-in) takes g from the views' pass;
@@ -23,25 +22,6 @@ from jaxfsl.finetune import (
     MethodConfig,
 )
 from jaxfsl.models import LoraConfig, TwoTowers, build, init_lora
-from jaxfsl.models.layers import bernoulli_mask
-
-
-@pytest.mark.parametrize("shape", [(3, 5), (2, 17, 64), (1,), (4, 3, 2, 5)])
-@pytest.mark.parametrize("p", [0.75, 0.5, 0.01])
-def test_bernoulli_mask_is_jax_bernoulli(shape, p):
-  for seed in range(3):
-    raw = jax.random.fold_in(jax.random.PRNGKey(seed), 7)
-    typed = jax.random.key(seed)
-    for key in (raw, typed):
-      np.testing.assert_array_equal(bernoulli_mask(key, p, shape),
-                                    jax.random.bernoulli(key, p, shape))
-
-
-def test_bernoulli_mask_vmapped_and_jitted():
-  keys = jax.random.split(jax.random.PRNGKey(3), 4)
-  ours = jax.jit(jax.vmap(lambda k: bernoulli_mask(k, 0.75, (5, 9, 16))))
-  ref = jax.jit(jax.vmap(lambda k: jax.random.bernoulli(k, 0.75, (5, 9, 16))))
-  np.testing.assert_array_equal(ours(keys), ref(keys))
 
 
 @functools.cache
