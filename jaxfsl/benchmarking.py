@@ -542,7 +542,11 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] | None = None
   Returns:
     A JSON-serialisable dict (see ``tools/benchmark.py`` for the fields).
   """
-  from jaxfsl.finetune import EngineConfig, EpisodeEngine, MethodConfig
+  from jaxfsl.protocols.episodic.engine import (
+    EngineConfig,
+    EpisodeEngine,
+    MethodConfig,
+  )
 
   log = log or (lambda _: None)
   if cfg.steps < 1 and not cfg.compile_only:

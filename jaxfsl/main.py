@@ -1,11 +1,11 @@
 r"""Command line: fine-tune and evaluate a config's episodes into a workdir.
 
-  python -m jaxfsl.main --config configs/chestx.py --config.shot=5 \
+  python -m jaxfsl.main --config configs/episodic/chestx.py --config.shot=5 \
       --workdir ~/runs/chestx_5shot
-  python -m jaxfsl.main --config configs/demo.py --workdir /tmp/demo
+  python -m jaxfsl.main --config configs/episodic/demo.py --workdir /tmp/demo
 
 Any config key can be overridden with ``--config.KEY=VALUE`` (see
-``configs/common.py``). Rerunning the same command resumes an interrupted
+``configs/base.py``). Rerunning the same command resumes an interrupted
 job (and refuses a workdir holding a run of another config, naming the
 differing keys); ``--restart`` discards the workdir's previous run and
 starts over, so leave it out of a command you rerun to resume.
@@ -14,7 +14,7 @@ starts over, so leave it out of a command you rerun to resume.
 ``--config.multihost=True``) on every host of a multi-host job.
 
 This module only parses flags and sets up logging; the job is
-``jaxfsl.experiment.run``.
+``jaxfsl.protocols.episodic.runner.run``.
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ def check_override_keys(argv: Sequence[str]) -> None:
   """Names an unknown ``--config.KEY`` before ml_collections' traceback.
 
   Raises:
-    jaxfsl.experiment.ConfigError: naming the key and the known ones.
+    jaxfsl.protocols.episodic.runner.ConfigError: naming the key and the known ones.
   """
-  from jaxfsl import experiment
+  from jaxfsl.protocols.episodic import runner as experiment
 
   path = _config_path(argv)
   overrides = [m.group(1) for m in map(_OVERRIDE.match, argv) if m]
@@ -75,7 +75,7 @@ def check_override_keys(argv: Sequence[str]) -> None:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  from jaxfsl import experiment
+  from jaxfsl.protocols.episodic import runner as experiment
 
   try:
     check_override_keys(argv)
@@ -111,9 +111,9 @@ def _setup_logging(workdir: Path) -> py_logging.Handler:
 def main(argv: Sequence[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from jaxfsl import experiment
   from jaxfsl.checkpoints.common import CheckpointError
   from jaxfsl.data import DataError
+  from jaxfsl.protocols.episodic import runner as experiment
 
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError("--config and --workdir are required")

@@ -1,4 +1,4 @@
-"""Tests for jaxfsl.analysis against float64 numpy references written here."""
+"""Tests for jaxfsl.method.metrics against float64 numpy references written here."""
 
 import functools
 import itertools
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfsl import analysis
+from jaxfsl.method import metrics
 
 RTOL = 1e-5
 ATOL = 1e-6
@@ -30,22 +30,22 @@ def test_modality_gap():
   img = raw_feats(0, 40, offset=1.0)
   txt = raw_feats(1, 5, offset=-1.0)
   want = np.linalg.norm(np_l2n(img).mean(0) - np_l2n(txt).mean(0))
-  got = analysis.modality_gap(img, txt)
+  got = metrics.modality_gap(img, txt)
   assert got.shape == () and got.dtype == jnp.float32
   np.testing.assert_allclose(got, want, rtol=RTOL)
   assert 0.5 < float(got) < 2.0
   # Rescaling rows changes nothing (features are normalised first) and a set
   # has no gap with itself.
-  np.testing.assert_allclose(analysis.modality_gap(img * 7.0, txt), want,
+  np.testing.assert_allclose(metrics.modality_gap(img * 7.0, txt), want,
                              rtol=RTOL)
-  np.testing.assert_allclose(analysis.modality_gap(txt, txt * 3.0), 0.0,
+  np.testing.assert_allclose(metrics.modality_gap(txt, txt * 3.0), 0.0,
                              atol=1e-6)
 
 
 def test_class_prototypes():
   x = raw_feats(2, 30)
   y = np.array([0, 1, 2, 4, 4, 5, -1] * 4 + [0, 7], np.int32)
-  got = jax.jit(analysis.class_prototypes, static_argnums=2)(x, y, 6)
+  got = jax.jit(metrics.class_prototypes, static_argnums=2)(x, y, 6)
   assert got.shape == (6, 16) and got.dtype == jnp.float32
   for c in range(6):
     rows = x[y == c].astype(np.float64)
@@ -74,7 +74,7 @@ def test_visual_discriminability(shot):
   y = np.repeat(np.arange(way), shot * 5).astype(np.int32)
   x = x + 3.0 * np.eye(16, dtype=np.float32)[y] * np.linalg.norm(
       x, axis=-1, keepdims=True)
-  fn = jax.jit(analysis.visual_discriminability, static_argnums=2)
+  fn = jax.jit(metrics.visual_discriminability, static_argnums=2)
   got = fn(x, y, way)
   intra, inter = np_discriminability(x, y, way)
   np.testing.assert_allclose(got["intra"], intra, rtol=RTOL)
@@ -84,7 +84,7 @@ def test_visual_discriminability(shot):
 
 
 def test_visual_discriminability_edge_cases():
-  disc = jax.jit(analysis.visual_discriminability, static_argnums=2)
+  disc = jax.jit(metrics.visual_discriminability, static_argnums=2)
   # Ideal clusters: intra exactly 1 (self-pairs excluded or not, 1 either way),
   # inter exactly 0.
   e = np.eye(4, dtype=np.float32)
@@ -116,7 +116,7 @@ def test_gap_shift():
   img = raw_feats(11, 20, offset=1.0)
   txt = raw_feats(12, 5, offset=-1.0)
   alphas = np.array([-0.5, 0.0, 0.5, 1.0, 2.0], np.float32)
-  got = analysis.gap_shift(img, txt, alphas)
+  got = metrics.gap_shift(img, txt, alphas)
   assert got.shape == (5, 20, 16) and got.dtype == jnp.float32
   xi, xt = np_l2n(img), np_l2n(txt)
   delta = xt.mean(0) - xi.mean(0)
@@ -126,7 +126,7 @@ def test_gap_shift():
   np.testing.assert_allclose(got[1], xi, rtol=RTOL, atol=ATOL)
   np.testing.assert_allclose(np.linalg.norm(got, axis=-1), 1.0, rtol=1e-5)
   # Shifting toward the text centroid shrinks the gap.
-  gaps = [float(analysis.modality_gap(g, txt)) for g in got]
+  gaps = [float(metrics.modality_gap(g, txt)) for g in got]
   assert gaps[3] < gaps[2] < gaps[1] < gaps[0]
 
 
@@ -135,15 +135,15 @@ def test_accuracy():
   img = raw_feats(14, 50)
   y = np.random.default_rng(0).integers(0, 5, 50).astype(np.int32)
   pred = np.argmax(np_l2n(img) @ np_l2n(txt).T, axis=-1)
-  got = analysis.accuracy(img, txt, y)
+  got = metrics.accuracy(img, txt, y)
   assert got.dtype == jnp.float32
   np.testing.assert_allclose(got, np.mean(pred == y), rtol=1e-6)
   # Cosine, not dot product: a long text vector must not win by its norm.
   t = np.array([[1.0, 0.0], [100.0, 100.0]], np.float32)
   x = np.array([[1.0, 0.1], [0.1, 1.0]], np.float32)
-  np.testing.assert_allclose(analysis.accuracy(x, t, [0, 1]), 1.0)
+  np.testing.assert_allclose(metrics.accuracy(x, t, [0, 1]), 1.0)
   # Works on gap-shifted stacks under vmap + jit.
-  shifted = analysis.gap_shift(img, txt, jnp.linspace(0, 1, 3))
-  acc = jax.jit(jax.vmap(functools.partial(analysis.accuracy,
+  shifted = metrics.gap_shift(img, txt, jnp.linspace(0, 1, 3))
+  acc = jax.jit(jax.vmap(functools.partial(metrics.accuracy,
                                            text_feats=txt, labels=y)))(shifted)
   np.testing.assert_allclose(acc[0], np.mean(pred == y), rtol=1e-6)

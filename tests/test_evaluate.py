@@ -1,4 +1,4 @@
-"""Aggregation (jaxfsl.evaluate), reports (jaxfsl.reporting) and
+"""Aggregation (jaxfsl.io.aggregate), reports (jaxfsl.io.reports) and
 tools/summarize.py, on hand-made results: no JAX, no training."""
 
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxfsl import evaluate, reporting
+from jaxfsl.io import aggregate, reports
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,19 +22,19 @@ def fake_outputs(num_episodes, seed=0):
   acc = (rng.integers(0, 76, (e, 5)) / 75).astype(np.float32)
   stages = {"accuracy": acc}
   zero_shot = {"accuracy": (rng.integers(0, 76, e) / 75).astype(np.float32)}
-  for m in evaluate.STAGE_METRICS:
+  for m in aggregate.STAGE_METRICS:
     stages[m] = rng.random((e, 5)).astype(np.float32)
     zero_shot[m] = rng.random(e).astype(np.float32)
   losses = {t: rng.random((e, 5)).astype(np.float32)
-            for t in evaluate.LOSS_TERMS}
+            for t in aggregate.LOSS_TERMS}
   return {"stages": stages, "zero_shot": zero_shot, "losses": losses,
           "first_nonfinite_step": np.full((e,), -1, np.int32)}
 
 
 def fake_results(dataset="eurosat", method="CLIP-LoRA + SVL + RA", n=12,
                  seed=0, shot=1, complete=True, demo=False):
-  records = evaluate.episode_records(fake_outputs(n, seed), range(n))
-  results = evaluate.summarize(records)
+  records = aggregate.episode_records(fake_outputs(n, seed), range(n))
+  results = aggregate.summarize(records)
   results.update(
       dataset=dataset, way=5, shot=shot, query=15, steps=250, seed=1,
       variant="svl_ra", method=method, model="test", demo=demo,
@@ -46,16 +46,16 @@ def fake_results(dataset="eurosat", method="CLIP-LoRA + SVL + RA", n=12,
 
 def test_mean_ci95_is_the_benchmark_formula():
   x = [20.0, 40.0, 60.0, 80.0]
-  mean, ci = evaluate.mean_ci95(x)
+  mean, ci = aggregate.mean_ci95(x)
   assert mean == pytest.approx(50.0)
   assert ci == pytest.approx(1.96 * np.std(x) / math.sqrt(4))
-  assert evaluate.mean_ci95([42.0]) == (42.0, 0.0)
-  assert all(math.isnan(v) for v in evaluate.mean_ci95([]))
+  assert aggregate.mean_ci95([42.0]) == (42.0, 0.0)
+  assert all(math.isnan(v) for v in aggregate.mean_ci95([]))
 
 
 def test_records_and_summary():
   out = fake_outputs(6)
-  records = evaluate.episode_records(out, [10, 11, 12, 13, 14, 15])
+  records = aggregate.episode_records(out, [10, 11, 12, 13, 14, 15])
   assert [r["index"] for r in records] == list(range(10, 16))
   r = records[2]
   assert r["accuracy"] == r["stage_accuracies"][-1]
@@ -63,10 +63,10 @@ def test_records_and_summary():
                                                     [2, -1]), abs=1e-4)
   # float32 noise removed.
   assert r["accuracy"] == round(r["accuracy"], 4)
-  assert set(r["stages"]) == set(evaluate.STAGE_METRICS)
+  assert set(r["stages"]) == set(aggregate.STAGE_METRICS)
   assert len(r["losses"]["vlm"]) == 5
 
-  s = evaluate.summarize(records)
+  s = aggregate.summarize(records)
   accs = [x["accuracy"] for x in records]
   assert s["num_episodes"] == 6
   assert s["accuracy_mean"] == pytest.approx(np.mean(accs))
@@ -80,30 +80,30 @@ def test_records_and_summary():
 
 def test_concat_take_dedupe():
   a, b = fake_outputs(2, 0), fake_outputs(3, 1)
-  cat = evaluate.concat_outputs([a, b])
+  cat = aggregate.concat_outputs([a, b])
   assert cat["stages"]["accuracy"].shape == (5, 5)
   np.testing.assert_array_equal(cat["stages"]["accuracy"][2:],
                                 b["stages"]["accuracy"])
-  taken = evaluate.take_outputs(cat, np.array([True, False, True, False,
+  taken = aggregate.take_outputs(cat, np.array([True, False, True, False,
                                                False]))
   assert taken["zero_shot"]["accuracy"].shape == (2,)
   recs = [{"index": 3, "v": 0}, {"index": 1, "v": 1}, {"index": 3, "v": 2}]
-  assert evaluate.dedupe(recs) == [{"index": 1, "v": 1}, {"index": 3, "v": 2}]
+  assert aggregate.dedupe(recs) == [{"index": 1, "v": 1}, {"index": 3, "v": 2}]
 
 
 def test_progress_line():
-  line = evaluate.progress_line(10, 40, [50.0, 60.0], 120.0)
+  line = aggregate.progress_line(10, 40, [50.0, 60.0], 120.0)
   assert "episodes 10/40" in line and "55.00 ±" in line
   assert "120.0 episodes/h" in line and "ETA 0:15:00" in line
-  assert "ETA ?" in evaluate.progress_line(1, 4, [50.0], None)
+  assert "ETA ?" in aggregate.progress_line(1, 4, [50.0], None)
 
 
 def test_reports_are_consistent(tmp_path):
   results = fake_results(demo=True)
-  reporting.write_all(tmp_path, results)
-  loaded = reporting.load_results(tmp_path)
+  reports.write_all(tmp_path, results)
+  loaded = reports.load_results(tmp_path)
   assert loaded == json.loads(json.dumps(results))  # Exact round trip.
-  rows = reporting.read_csv(tmp_path / "results.csv")
+  rows = reports.read_csv(tmp_path / "results.csv")
   assert [int(r["index"]) for r in rows] == list(range(12))
   for row, rec in zip(rows, loaded["episodes"], strict=True):
     assert row["accuracy"] == rec["accuracy"]
@@ -113,10 +113,10 @@ def test_reports_are_consistent(tmp_path):
       loaded["accuracy_mean"], abs=1e-9)
   md = (tmp_path / "summary.md").read_text()
   assert "| Method | EuroSAT |" in md
-  assert evaluate.format_mean_ci(results["accuracy_mean"],
+  assert aggregate.format_mean_ci(results["accuracy_mean"],
                                  results["accuracy_ci95"]) in md
   assert "PIPELINE" not in md and "pipeline check" in md
-  for name in reporting.PLOT_FILES:
+  for name in reports.PLOT_FILES:
     assert (tmp_path / "plots" / name).stat().st_size > 1000
   assert not list(tmp_path.glob(".*tmp*"))  # Atomic writes cleaned up.
 
@@ -128,7 +128,7 @@ def test_comparison_table_layout():
               ("chestx", "CLIP-LoRA + SVL + RA"),
               ("eurosat", "CLIP-LoRA + SVL + RA")])]
   runs.append(fake_results("isic2018", "CLIP-LoRA", shot=5, complete=False))
-  table = reporting.comparison_table(runs)
+  table = reports.comparison_table(runs)
   one_shot, five_shot = table.split("### 5-way 5-shot")
   # The paper's column order: EuroSAT before ChestX; average when complete.
   assert "| Method | EuroSAT | ChestX | Average |" in one_shot
@@ -141,7 +141,7 @@ def test_comparison_table_layout():
 
 def test_summarize_tool(tmp_path):
   for i, d in enumerate(["isic2018", "crop_disease"]):
-    reporting.write_json(tmp_path / f"run{i}" / "results.json",
+    reports.write_json(tmp_path / f"run{i}" / "results.json",
                          fake_results(d, seed=i))
   out = tmp_path / "table.md"
   proc = subprocess.run(
@@ -155,5 +155,5 @@ def test_summarize_tool(tmp_path):
 def test_comparison_table_keeps_clashing_runs_apart():
   a, b = fake_results(seed=0), fake_results(seed=1)
   a["run"], b["run"] = {"workdir": "/x/run_a"}, {"workdir": "/x/run_b"}
-  table = reporting.comparison_table([a, b])
+  table = reports.comparison_table([a, b])
   assert "[run_a] |" in table and "[run_b] |" in table

@@ -15,13 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfsl.finetune import (
-    CPU_COMPILER_OPTIONS,
-    EngineConfig,
-    EpisodeEngine,
-    MethodConfig,
+from jaxfsl.models import TwoTowers, build
+from jaxfsl.protocols.episodic.engine import (
+  CPU_COMPILER_OPTIONS,
+  EngineConfig,
+  EpisodeEngine,
+  MethodConfig,
 )
-from jaxfsl.models import LoraConfig, TwoTowers, build, init_lora
+from jaxfsl.trainables import LoraConfig, init_lora
 
 
 @functools.cache

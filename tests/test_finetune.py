@@ -11,14 +11,15 @@ import jax
 import numpy as np
 import pytest
 
-from jaxfsl.finetune import (
-    EngineConfig,
-    EpisodeEngine,
-    MethodConfig,
-    OptimConfig,
-    episode_keys,
+from jaxfsl.models import build
+from jaxfsl.protocols.episodic.engine import (
+  EngineConfig,
+  EpisodeEngine,
+  MethodConfig,
+  OptimConfig,
+  episode_keys,
 )
-from jaxfsl.models import LoraConfig, build
+from jaxfsl.trainables import LoraConfig
 
 WAY, SHOT, QUERY, SIZE = 5, 1, 4, 32
 NUM_EPISODES = 4  # a multiple of the 4 simulated devices of the sharded test
@@ -216,7 +217,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
     import jax
     sys.path.insert(0, {tests!r})
     from test_finetune import NUM_EPISODES, tiny_model, make_batch, config
-    from jaxfsl.finetune import EpisodeEngine, episode_keys
+    from jaxfsl.protocols.episodic.engine import EpisodeEngine, episode_keys
     model = tiny_model()
     batch = make_batch(model, NUM_EPISODES)
     out = EpisodeEngine(model, config()).run_batch(

@@ -18,16 +18,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfsl.models import (
+from jaxfsl.models import build, siglip_config
+from jaxfsl.trainables import (
+    BLOCK_PRESETS,
     Adapters,
     LoraConfig,
     block_indices,
-    build,
     init_lora,
     merge_lora,
-    siglip_config,
 )
-from jaxfsl.models.lora import BLOCK_PRESETS
 
 ALL_TARGETS = ("q", "k", "v", "o")
 # Tiny SigLIP: both towers alike, MAP head, no projection.

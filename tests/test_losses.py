@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfsl import losses
+from jaxfsl.method import losses
 
 WAY = 5
 DIM = 32

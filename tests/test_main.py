@@ -1,4 +1,4 @@
-"""End to end: ``python -m jaxfsl.main --config configs/demo.py`` shrunk to a
+"""End to end: ``python -m jaxfsl.main --config configs/episodic/demo.py`` shrunk to a
 few tiny episodes, its outputs, eval_only, and invariance of the results to
 ``episodes_per_batch`` and to the number of devices.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxfsl import evaluate, reporting
+from jaxfsl.io import aggregate, reports
 
 REPO = Path(__file__).resolve().parents[1]
 # 4 + 4 + 2: the last batch is padded (by repeating an episode).
@@ -31,7 +31,7 @@ EPISODES = 10
 # so that 10 steps visibly change accuracies), 3 queries per class.
 # tests/test_resume.py runs the same job: keep the two lists equal.
 TINY = (
-    "--config=configs/demo.py", "--config.model.image_size=32",
+    "--config=configs/episodic/demo.py", "--config.model.image_size=32",
     "--config.model.vision_depth=1", "--config.dataset.synthetic.image_size=32",
     "--config.dataset.synthetic.num_classes=6",
     "--config.dataset.synthetic.images_per_class=8", "--config.query=3",
@@ -122,11 +122,11 @@ def test_outputs_exist_and_agree(reference):
   for name in ("results.json", "results.csv", "summary.md", "config.json",
                "log.txt"):
     assert (work / name).is_file(), name
-  for name in reporting.PLOT_FILES:
+  for name in reports.PLOT_FILES:
     assert (work / "plots" / name).stat().st_size > 1000, name
   assert list((work / "tensorboard").glob("events.out.tfevents.*"))
 
-  results = reporting.load_results(work)
+  results = reports.load_results(work)
   episodes = results["episodes"]
   assert [e["index"] for e in episodes] == list(range(EPISODES))
   assert results["complete"] and results["num_episodes"] == EPISODES
@@ -137,7 +137,7 @@ def test_outputs_exist_and_agree(reference):
   for k in range(5):
     assert results["stage_accuracy_mean"][k] == pytest.approx(
         np.mean([e["stage_accuracies"][k] for e in episodes]), abs=1e-9)
-  rows = reporting.read_csv(work / "results.csv")
+  rows = reports.read_csv(work / "results.csv")
   assert len(rows) == EPISODES
   for row, e in zip(rows, episodes, strict=True):
     assert int(row["index"]) == e["index"]
@@ -149,7 +149,7 @@ def test_outputs_exist_and_agree(reference):
 
   summary = (work / "summary.md").read_text()
   assert "PIPELINE CHECK ONLY" in summary
-  assert evaluate.format_mean_ci(results["accuracy_mean"],
+  assert aggregate.format_mean_ci(results["accuracy_mean"],
                                  results["accuracy_ci95"]) in summary
   log = (work / "log.txt").read_text()
   assert "PIPELINE CHECK ONLY" in log
@@ -160,7 +160,7 @@ def test_outputs_exist_and_agree(reference):
 
 def test_training_is_real(reference):
   work = reference
-  results = reporting.load_results(work)
+  results = reports.load_results(work)
   episodes = results["episodes"]
   # The cross-modal loss falls over training, in the mean and per episode.
   vlm = results["loss_means"]["vlm"]
@@ -177,18 +177,18 @@ def test_training_is_real(reference):
 
 def test_rerun_of_a_finished_job_is_a_no_op(reference, cache):
   work = reference
-  before = reporting.load_results(work)["episodes"]
+  before = reports.load_results(work)["episodes"]
   proc = run_job(work, *REFERENCE, cache=cache)
   assert f"{EPISODES} episode(s) already done" in proc.stderr
-  assert reporting.load_results(work)["episodes"] == before
+  assert reports.load_results(work)["episodes"] == before
 
 
 def test_eval_only_reproduces_training_accuracy(reference, cache):
   work = reference
   assert len(list((work / "adapters").iterdir())) == math.ceil(EPISODES / 4)
   run_job(work, *REFERENCE, "--config.eval_only=True", cache=cache)
-  train = reporting.load_results(work)
-  ev = reporting.load_results(work / "eval_only")
+  train = reports.load_results(work)
+  ev = reports.load_results(work / "eval_only")
   assert ev["eval_only"] and ev["num_episodes"] == EPISODES
   assert (work / "eval_only" / "summary.md").is_file()
   for a, b in zip(train["episodes"], ev["episodes"], strict=True):
@@ -214,8 +214,8 @@ def test_episodes_per_batch_does_not_change_results(reference, cache,
   work = reference
   run_job(tmp_path, "--config.episodes_per_batch=1", cache=cache,
           data_dir=work / "data")
-  _assert_same_episodes(reporting.load_results(work)["episodes"],
-                        reporting.load_results(tmp_path)["episodes"])
+  _assert_same_episodes(reports.load_results(work)["episodes"],
+                        reports.load_results(tmp_path)["episodes"])
 
 
 def test_four_devices_give_the_same_results(reference, cache, tmp_path):
@@ -224,8 +224,8 @@ def test_four_devices_give_the_same_results(reference, cache, tmp_path):
   proc = run_job(tmp_path, "--config.episodes_per_batch=3", devices=4,
                  cache=cache, data_dir=work / "data")
   assert "over 4 device(s)" in proc.stderr
-  results = reporting.load_results(tmp_path)
+  results = reports.load_results(tmp_path)
   assert results["run"]["devices"] == 4
   assert results["config"]["episodes_per_batch"] == 4
-  _assert_same_episodes(reporting.load_results(work)["episodes"],
+  _assert_same_episodes(reports.load_results(work)["episodes"],
                         results["episodes"])

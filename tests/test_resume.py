@@ -2,7 +2,7 @@
 exactly the results of an uninterrupted run.
 
 The runner kills itself through its test-only hook (``JAXFSL_TEST_KILL_AT``,
-see ``jaxfsl.experiment.KILL_ENV``): inside a batch's compute, after the
+see ``jaxfsl.protocols.episodic.runner.KILL_ENV``): inside a batch's compute, after the
 adapters of a batch are saved but not the run state, while the run state's
 Orbax save is writing, and between batches. The tiny job of
 tests/test_main.py: 10 episodes in batches of 4 + 4 + 2 (padded).
@@ -16,7 +16,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxfsl import experiment, reporting
+from jaxfsl.io import reports
+from jaxfsl.protocols.episodic import runner as experiment
 
 # The tiny job, its runner and the session's shared uninterrupted reference
 # run live in tests/test_main.py (loaded by path: works in any import mode).
@@ -88,8 +89,8 @@ def test_killed_job_resumes_to_identical_results(reference, tmp_path,
   proc = tm.run_job(work, *tm.REFERENCE, cache=cache, data_dir=data)
   assert "Resuming" in proc.stderr
 
-  ref = reporting.load_results(reference)
-  got = reporting.load_results(work)
+  ref = reports.load_results(reference)
+  got = reports.load_results(work)
   # Exactly, not approximately.
   assert got["episodes"] == ref["episodes"], (
       first_difference(got["episodes"], ref["episodes"]), history)

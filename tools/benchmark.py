@@ -25,7 +25,7 @@ import json
 import sys
 
 from jaxfsl import benchmarking
-from jaxfsl.finetune import VARIANTS
+from jaxfsl.protocols.episodic.engine import VARIANTS
 
 
 def parse(argv=None) -> tuple[benchmarking.BenchmarkConfig, bool]:

@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 
 try:
-  import jaxfsl.reporting  # noqa: F401
+  import jaxfsl.io.reports  # noqa: F401
 except ImportError:  # Run from a checkout without `pip install -e .`.
   sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jaxfsl import reporting
+from jaxfsl.io import reports
 
 
 def find_results(paths: list[str]) -> list[Path]:
@@ -56,11 +56,11 @@ def main(argv: list[str] | None = None) -> int:
   if not files:
     print("ERROR: no results.json found", file=sys.stderr)
     return 1
-  table = reporting.comparison_table(
-      [reporting.load_results(f) for f in files], digits=args.digits)
+  table = reports.comparison_table(
+      [reports.load_results(f) for f in files], digits=args.digits)
   print(table)
   if args.out:
-    reporting.write_text_atomic(args.out, table)
+    reports.write_text_atomic(args.out, table)
   return 0
 
 

@@ -1,4 +1,6 @@
-"""Flax two-tower models (CLIP, SigLIP), LoRA adapters and the Model API."""
+"""Flax two-tower models (CLIP, SigLIP) and the Model API.
+
+Adapters (LoRA, prompt learners) live in ``jaxfsl.trainables``."""
 
 from jaxfsl.models.config import (
     PRESETS,
@@ -8,19 +10,10 @@ from jaxfsl.models.config import (
     clip_config,
     siglip_config,
 )
-from jaxfsl.models.lora import (
-    Adapters,
-    LoraConfig,
-    block_indices,
-    count_params,
-    init_lora,
-    merge_lora,
-)
 from jaxfsl.models.model import Model, build
 from jaxfsl.models.two_towers import TwoTowers, init_params
 
 __all__ = [
     "PRESETS", "ModelConfig", "TextConfig", "VisionConfig", "clip_config",
-    "siglip_config", "Adapters", "LoraConfig", "block_indices", "count_params",
-    "init_lora", "merge_lora", "Model", "build", "TwoTowers", "init_params",
+    "siglip_config", "Model", "build", "TwoTowers", "init_params",
 ]

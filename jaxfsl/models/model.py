@@ -5,16 +5,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxfsl.models.config import PRESETS, ModelConfig
-from jaxfsl.models.lora import Adapters
 from jaxfsl.models.two_towers import TwoTowers, init_params
 from jaxfsl.preprocess import SIGLIP_MEAN, SIGLIP_STD, Preprocessing
+
+if TYPE_CHECKING:  # trainables import models: no runtime cycle.
+  from jaxfsl.trainables.lora import Adapters
 
 Tokenizer = Callable[[Sequence[str]], np.ndarray]
 

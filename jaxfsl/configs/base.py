@@ -1,6 +1,6 @@
 r"""The release's settings (METHOD.md); every target config starts here.
 
-  python -m jaxfsl.main --config configs/chestx.py --workdir DIR
+  python -m jaxfsl.main --config configs/episodic/chestx.py --workdir DIR
 
 Every key jaxfsl knows is set below (the job runner rejects others, and
 wrong types, naming the key); override any with ``--config.KEY=VALUE``.

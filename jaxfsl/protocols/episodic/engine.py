@@ -38,11 +38,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxfsl import analysis, losses
-from jaxfsl.models.lora import LoraConfig, init_lora
+from jaxfsl.method import losses, metrics
 from jaxfsl.models.model import Model
 from jaxfsl.models.two_towers import TwoTowers
 from jaxfsl.optim import release_optimizer
+from jaxfsl.trainables.lora import LoraConfig, init_lora
 
 Array = jax.Array
 Variant = Literal["none", "svl", "ra", "svl_ra", "visual"]
@@ -402,7 +402,7 @@ class EpisodeEngine:
         aux["relation_matrix"] = a_v
         total = total + ra_active * method.relation_weight * l_ra
       if method.uses_visual:
-        protos = analysis.class_prototypes(g, inputs.clean_labels, cfg.way)
+        protos = metrics.class_prototypes(g, inputs.clean_labels, cfg.way)
         l_v = losses.visual_loss(f, y, protos, scale)
         aux["visual"] = l_v
         total = total + active * method.visual_weight * l_v
@@ -474,13 +474,13 @@ class EpisodeEngine:
       t = batch.text_feats
     f = self._image_feats(backbone, adapters, batch.view_tokens)
     g = self._image_feats(backbone, adapters, batch.clean_tokens)
-    protos = analysis.class_prototypes(g, batch.clean_labels, cfg.way)
+    protos = metrics.class_prototypes(g, batch.clean_labels, cfg.way)
     parts = losses.decompose_vlm_gradient(f, t, batch.view_labels, protos,
                                           scale)
-    disc = analysis.visual_discriminability(q, batch.query_labels, cfg.way)
+    disc = metrics.visual_discriminability(q, batch.query_labels, cfg.way)
     return {
-        "accuracy": analysis.accuracy(q, t, batch.query_labels),
-        "modality_gap": analysis.modality_gap(q, t),
+        "accuracy": metrics.accuracy(q, t, batch.query_labels),
+        "modality_gap": metrics.modality_gap(q, t),
         "intra_class_cosine": disc["intra"],
         "inter_class_cosine": disc["inter"],
         "visual_grad_norm": jnp.mean(parts.visual_norm),

@@ -1,7 +1,7 @@
 """Aggregating episode results: per-episode records, means and 95% intervals.
 
 Pure functions over plain Python / numpy data, no JAX: the job runner
-(``jaxfsl.experiment``), the reports (``jaxfsl.reporting``) and
+(``jaxfsl.protocols.episodic.runner``), the reports (``jaxfsl.io.reports``) and
 ``tools/summarize.py`` all build on them.
 
 Units: accuracies are percentages (0-100, as the paper reports them); the

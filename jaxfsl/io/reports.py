@@ -1,7 +1,7 @@
 """Writing a job's results: JSON, CSV, markdown, PNG plots, TensorBoard.
 
-Everything here reads the results dict built by ``jaxfsl.experiment`` (the
-content of ``results.json``: the ``jaxfsl.evaluate.summarize`` keys, the job
+Everything here reads the results dict built by ``jaxfsl.protocols.episodic.runner`` (the
+content of ``results.json``: the ``jaxfsl.aggregate.summarize`` keys, the job
 description, ``config`` and the per-episode ``episodes`` records) and writes
 files; nothing computes results. Files are written to a temporary name and
 renamed, so a killed job never leaves a half-written report.
@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxfsl import evaluate
+from jaxfsl.io import aggregate
 
 # The paper's column order (Table 1: ISIC / EuroSAT / CropDisease / ChestX).
 DATASET_ORDER = ("isic2018", "eurosat", "crop_disease", "chestx")
@@ -161,7 +161,7 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 
 def _stage_header(num_stages: int) -> list[str]:
-  labels = (evaluate.STAGE_LABELS if num_stages == evaluate.NUM_STAGES
+  labels = (aggregate.STAGE_LABELS if num_stages == aggregate.NUM_STAGES
             else ("T",) * num_stages)
   return ["", "zero-shot", *labels]
 
@@ -191,9 +191,9 @@ def summary_markdown(results: Mapping[str, Any]) -> str:
   lines.append("")
   lines.append(_table(
       ["Method", label],
-      [[r["method"], evaluate.format_mean_ci(r["accuracy_mean"],
+      [[r["method"], aggregate.format_mean_ci(r["accuracy_mean"],
                                              r["accuracy_ci95"])],
-       ["zero-shot (no fine-tuning)", evaluate.format_mean_ci(
+       ["zero-shot (no fine-tuning)", aggregate.format_mean_ci(
            r["zero_shot_accuracy_mean"], r["zero_shot_accuracy_ci95"])]]))
   status = "complete" if r.get("complete") else "INCOMPLETE"
   lines += ["", f"Model: {r['model']} · T = {r['steps']} steps · "
@@ -208,15 +208,15 @@ def summary_markdown(results: Mapping[str, Any]) -> str:
 
   num_stages = len(r["stage_accuracy_mean"])
   lines += ["", "## Over training (mean over episodes)", ""]
-  rows = [["accuracy (%)", evaluate.format_mean_ci(
+  rows = [["accuracy (%)", aggregate.format_mean_ci(
       r["zero_shot_accuracy_mean"], r["zero_shot_accuracy_ci95"])] +
-          [evaluate.format_mean_ci(m, c) for m, c in
+          [aggregate.format_mean_ci(m, c) for m, c in
            zip(r["stage_accuracy_mean"], r["stage_accuracy_ci95"],
                strict=True)]]
   means = dict(r.get("stage_means", {}))
   zero = dict(r.get("zero_shot_means", {}))
   if "intra_class_cosine" in means and "inter_class_cosine" in means:
-    means["discriminability"] = evaluate.discriminability(means)
+    means["discriminability"] = aggregate.discriminability(means)
     if "intra_class_cosine" in zero and "inter_class_cosine" in zero:
       zero["discriminability"] = (zero["intra_class_cosine"]
                                   - zero["inter_class_cosine"])
@@ -230,7 +230,7 @@ def summary_markdown(results: Mapping[str, Any]) -> str:
   if r.get("loss_means"):
     lines += ["", "## Loss terms (mean over each fifth of training; "
               "unweighted)", ""]
-    header = ["term", *evaluate.STAGE_LABELS[-num_stages:]]
+    header = ["term", *aggregate.STAGE_LABELS[-num_stages:]]
     lines.append(_table(header, [[t] + [_fmt(v) for v in values]
                                  for t, values in r["loss_means"].items()]))
   if not r.get("eval_only"):
@@ -294,7 +294,7 @@ def comparison_table(all_results: Sequence[Mapping[str, Any]],
         if r is None:
           row.append("-")
           continue
-        cell = evaluate.format_mean_ci(r["accuracy_mean"], r["accuracy_ci95"],
+        cell = aggregate.format_mean_ci(r["accuracy_mean"], r["accuracy_ci95"],
                                        digits)
         row.append(cell + ("" if r.get("complete", True) else " *"))
       if full and len(datasets) > 1:
@@ -448,7 +448,7 @@ class TensorBoard:
       w.add_scalar("episode/accuracy", rec["accuracy"], rec["index"])
       w.add_scalar("episode/zero_shot_accuracy", rec["zero_shot_accuracy"],
                    rec["index"])
-    mean, ci = evaluate.mean_ci95(accuracies)
+    mean, ci = aggregate.mean_ci95(accuracies)
     done = progress["done"]
     w.add_scalar("running/accuracy_mean", mean, done)
     w.add_scalar("running/accuracy_ci95", ci, done)

@@ -3,12 +3,12 @@
 ``jaxfsl.main`` (the CLI) is a thin shell over ``run``; scripts and notebooks
 call it directly::
 
-  config = experiment.load_config("configs/eurosat.py")
+  config = experiment.load_config("configs/episodic/eurosat.py")
   config.shot = 5
   results = experiment.run(config, "/tmp/eurosat_5shot")
 
 A job fine-tunes and evaluates ``episodes`` episodes, ``episodes_per_batch``
-at a time (``jaxfsl.finetune.EpisodeEngine.run_batch``), episode i being a
+at a time (``jaxfsl.protocols.episodic.engine.EpisodeEngine.run_batch``), episode i being a
 pure function of (seed, i): its data comes from ``jaxfsl.data.EpisodeSampler``
 and its PRNG key from ``finetune.episode_keys``. After every batch the run
 state (the raw results of the finished episodes, the config fingerprint and
@@ -27,7 +27,7 @@ Workdir layout::
   eval_only/          the same reports from an ``eval_only`` run
 
 Config keys: see ``default_config`` (the schema: every key, its type, the
-release's value) and ``configs/common.py``.
+release's value) and ``configs/base.py``.
 """
 
 from __future__ import annotations
@@ -52,10 +52,11 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxfsl import evaluate, finetune, reporting
+from jaxfsl.io import aggregate, reports
 from jaxfsl.models.config import PRESETS
-from jaxfsl.models.lora import BLOCK_PRESETS, LoraConfig
 from jaxfsl.models.model import Model
+from jaxfsl.protocols.episodic import engine as finetune
+from jaxfsl.trainables.lora import BLOCK_PRESETS, LoraConfig
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -113,59 +114,11 @@ class MissingInputError(UserError, FileNotFoundError):
 
 
 def default_config() -> ConfigDict:
-  """Every config key with its type and the release's value (METHOD.md).
+  """Every config key with its type and default: ``jaxfsl/configs/base.py``
+  (the one home of defaults) is the schema ``validate`` checks against."""
+  from jaxfsl.configs import base
 
-  This is the schema ``validate`` checks configs against; the values equal
-  ``configs/common.py``'s (a test keeps them in sync).
-  """
-  c = ConfigDict()
-  c.model = ConfigDict()
-  c.model.checkpoint = "~/jaxfsl_models/clip-vit-base-patch16"
-  c.model.init = ""
-  c.model.init_seed = 0
-  c.model.image_size = 0
-  c.model.vision_depth = 0
-  c.model.tokenizer = ""
-  c.dataset = ConfigDict()
-  c.dataset.name = ""
-  c.dataset.data_dir = ""
-  c.dataset.prepare_synthetic = False
-  c.dataset.synthetic = ConfigDict(dict(
-      num_classes=10, images_per_class=40, image_size=64, seed=0))
-  c.dataset.exclude_small_classes = False
-  c.dataset.num_workers = 4
-  c.dataset.prefetch = 2
-  c.prompt = "a photo of a {}."
-  c.way = 5
-  c.shot = 1
-  c.query = 15
-  c.episodes = -1
-  c.epochs = 250
-  c.steps = -1
-  c.seed = 1
-  c.episodes_per_batch = 4
-  c.method = ConfigDict(dict(
-      variant="svl_ra", anti_visual_weight=0.1, relation_weight=3.0,
-      visual_weight=1.0, stage1_fraction=0.6, timing="begin",
-      relation_form="release"))
-  c.lora = ConfigDict(dict(
-      rank=16, alpha=8.0, dropout=0.25, targets=("q", "k", "v"),
-      towers="vision", blocks="all"))
-  c.optim = ConfigDict(dict(
-      lr=2e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2, min_lr=1e-6,
-      period_factor=8.0))
-  c.logit_scale = 100.0
-  c.use_checkpoint_logit_scale = False
-  c.compute_dtype = "float32"
-  c.remat = False
-  c.skip_clean_pass_in_stage2 = True
-  c.save_adapters = False
-  c.eval_only = False
-  c.restart = False
-  c.jax_cache_dir = ""
-  c.multihost = False
-  c.demo = False
-  return c
+  return base.get_config()
 
 
 def load_config(path: str | os.PathLike[str], arg: str | None = None
@@ -277,20 +230,20 @@ def validate(config: ConfigDict) -> None:
   """Checks keys, types and values; raises ``ConfigError`` naming the key.
 
   Every key of ``default_config`` must be present (start new configs from
-  ``configs/common.py``) and no other key may be.
+  ``configs/base.py``) and no other key may be.
   """
   schema = _flatten(default_config())
   given = _flatten(config)
   unknown = sorted(set(given) - set(schema))
   if unknown:
     raise ConfigError(
-        f"unknown config key(s) {unknown}; see configs/common.py for the "
+        f"unknown config key(s) {unknown}; see configs/base.py for the "
         "keys jaxfsl knows")
   missing = sorted(set(schema) - set(given))
   if missing:
     raise ConfigError(
         f"config lacks key(s) {missing}; build configs on "
-        "configs/common.py's get_config()")
+        "configs/base.py's get_config()")
   for key, default in schema.items():
     _check_type(key, given[key], default)
 
@@ -468,7 +421,7 @@ Face folder with config.json, model.safetensors and the tokenizer files), e.g.
 (from https://huggingface.co/openai/clip-vit-base-patch16), then pass
   --config.model.checkpoint=~/jaxfsl_models/clip-vit-base-patch16
 (jaxfsl also reads OpenAI .pt files and big_vision SigLIP .npz files).
-To check the pipeline without any download: --config configs/demo.py"""
+To check the pipeline without any download: --config configs/episodic/demo.py"""
 
 
 def checkpoint_path(config: ConfigDict) -> Path | None:
@@ -774,7 +727,7 @@ def _results(config: ConfigDict, info: Mapping[str, Any],
              records: list[dict[str, Any]], run_info: Mapping[str, Any]
              ) -> dict[str, Any]:
   results = dict(info)
-  results.update(evaluate.summarize(records))
+  results.update(aggregate.summarize(records))
   results["episodes_expected"] = config.episodes
   results["complete"] = len(records) == config.episodes
   results["config"] = config.to_dict()
@@ -921,7 +874,7 @@ def run(config: ConfigDict, workdir: str | os.PathLike[str], *,
 
   saved = prepare_workdir(config, workdir, restart)
   if _is_writer():
-    reporting.write_text_atomic(workdir / "config.json",
+    reports.write_text_atomic(workdir / "config.json",
                                 config.to_json(indent=2))
   logging.info("Config:\n%s", config)
 
@@ -951,10 +904,10 @@ def run(config: ConfigDict, workdir: str | os.PathLike[str], *,
   state = RunState(workdir / "state")
   adapters = (AdapterStore(workdir / "adapters") if config.save_adapters
               else None)
-  tb = reporting.TensorBoard(workdir / "tensorboard") if _is_writer() else None
+  tb = reports.TensorBoard(workdir / "tensorboard") if _is_writer() else None
   speed = _Speed()
   all_acc = ([] if not parts else
-             [evaluate.percent(a)
+             [aggregate.percent(a)
               for a in parts[0]["stages"]["accuracy"][:, -1]])
   batches = episode_batches(sampler, config, range(next_episode, total))
   try:
@@ -965,22 +918,22 @@ def run(config: ConfigDict, workdir: str | os.PathLike[str], *,
           finetune.episode_keys(config.seed, batch["index"]),
           episode_ids=indices, return_adapters=config.save_adapters)
       _kill_point("after_compute")
-      out = evaluate.take_outputs(out, valid)
+      out = aggregate.take_outputs(out, valid)
       done_idx = indices[valid]
       if adapters is not None:
         adapters.save(done_idx, out.pop("adapters"))
         _kill_point("after_adapters")
       out["index"] = done_idx
-      parts = [evaluate.concat_outputs(parts + [out])]
+      parts = [aggregate.concat_outputs(parts + [out])]
       next_episode = int(done_idx[-1]) + 1
       state.save({"next_episode": next_episode, "fingerprint": fp,
                   "config": config.to_dict()}, parts[0])
       _kill_point("saving", ready=lambda step=next_episode: (
           _save_in_flight_or_done(workdir / "state", step)))
-      records = evaluate.episode_records(out, done_idx)
+      records = aggregate.episode_records(out, done_idx)
       all_acc += [r["accuracy"] for r in records]
       rate = speed.update(len(done_idx))
-      line = evaluate.progress_line(next_episode, total, all_acc, rate)
+      line = aggregate.progress_line(next_episode, total, all_acc, rate)
       logging.info("%s", line)
       progress = {"done": next_episode, "total": total, "rate": rate,
                   "records": records, "line": line}
@@ -1008,23 +961,23 @@ def run(config: ConfigDict, workdir: str | os.PathLike[str], *,
   records = []
   if outputs is not None:
     order = np.flatnonzero(np.asarray(outputs["index"]) < total)
-    kept = evaluate.take_outputs(outputs, order)
-    records = evaluate.dedupe(
-        evaluate.episode_records(kept, kept["index"]))
+    kept = aggregate.take_outputs(outputs, order)
+    records = aggregate.dedupe(
+        aggregate.episode_records(kept, kept["index"]))
   results = _results(config, info, records, {
       "devices": jax.device_count(), "workdir": str(workdir),
       "wall_seconds_this_process": round(time.time() - speed.start, 1)})
   if _is_writer():
-    reporting.write_all(workdir, results)
+    reports.write_all(workdir, results)
     if tb is not None:
       tb.final(results)
       tb.close()
   logging.info("Done: %s %s %d-shot: %s %% over %d episodes (zero-shot %s)",
                info["method"], config.dataset.name, config.shot,
-               evaluate.format_mean_ci(results["accuracy_mean"],
+               aggregate.format_mean_ci(results["accuracy_mean"],
                                        results["accuracy_ci95"]),
                results["num_episodes"],
-               evaluate.format_mean_ci(results["zero_shot_accuracy_mean"],
+               aggregate.format_mean_ci(results["zero_shot_accuracy_mean"],
                                        results["zero_shot_accuracy_ci95"]))
   if config.demo:
     logging.warning(DEMO_NOTE)
@@ -1117,7 +1070,7 @@ def evaluate_saved(config: ConfigDict, workdir: Path) -> dict[str, Any]:
     _, outputs = saved
     final = outputs["stages"]["accuracy"][:, -1]
     for i, a in zip(outputs["index"], final, strict=True):
-      train_acc[int(i)] = evaluate.percent(a)
+      train_acc[int(i)] = aggregate.percent(a)
   store = AdapterStore(adapter_dir, create=False)
   try:
     by_index = store.load_all()
@@ -1144,12 +1097,12 @@ def evaluate_saved(config: ConfigDict, workdir: Path) -> dict[str, Any]:
     trees = [by_index[int(i)] for i in batch["index"]]
     stacked = jax.tree.map(lambda *a: np.stack(a), *trees)
     out = evaluator(_engine_batch(batch, prompts), stacked)
-    out = evaluate.take_outputs(out, valid)
+    out = aggregate.take_outputs(out, valid)
     as_engine = {
         "stages": {k: np.asarray(v)[:, None] for k, v in out["final"].items()},
         "zero_shot": out["zero_shot"],
     }
-    for r in evaluate.episode_records(as_engine, idx[valid]):
+    for r in aggregate.episode_records(as_engine, idx[valid]):
       r.pop("losses")
       if r["index"] in train_acc:
         r["train_accuracy"] = train_acc[r["index"]]
@@ -1164,9 +1117,9 @@ def evaluate_saved(config: ConfigDict, workdir: Path) -> dict[str, Any]:
   results["max_abs_diff_vs_training"] = max(diffs) if diffs else None
   results["complete"] = len(records) == config.episodes
   if _is_writer():
-    reporting.write_all(workdir / "eval_only", results)
+    reports.write_all(workdir / "eval_only", results)
   logging.info("eval_only: %s %% over %d episodes; max |accuracy - training "
-               "accuracy| = %s", evaluate.format_mean_ci(
+               "accuracy| = %s", aggregate.format_mean_ci(
                    results["accuracy_mean"], results["accuracy_ci95"]),
                len(records), results["max_abs_diff_vs_training"])
   return results

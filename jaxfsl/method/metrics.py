@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxfsl.losses import l2_normalize
+from jaxfsl.method.losses import l2_normalize
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike

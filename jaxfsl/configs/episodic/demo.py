@@ -1,6 +1,6 @@
 r"""Pipeline check: the whole job on generated data, no download, ~2 min.
 
-  python -m jaxfsl.main --config configs/demo.py --workdir /tmp/demo
+  python -m jaxfsl.main --config configs/episodic/demo.py --workdir /tmp/demo
 
 A small random-init CLIP (``tiny-clip``: 2-block ViT on 64x64 inputs) is
 fine-tuned with SVL + RA on episodes of the ``synthetic`` dataset (coloured
@@ -11,14 +11,11 @@ something; they are NOT a result of the method (the log and summary.md say
 so).
 """
 
-import pathlib
-
-from jaxfsl import experiment
+from jaxfsl.configs import base
 
 
 def get_config(arg=None):
-  config = experiment.load_config(
-      pathlib.Path(__file__).with_name("common.py"), arg)
+  config = base.get_config(arg)
   config.demo = True
   config.model.checkpoint = ""
   config.model.init = "tiny-clip"
