@@ -14,6 +14,16 @@ def get_config(arg=None):
   del arg
   config = ml_collections.ConfigDict()
 
+  # Which protocol runs the job: "episodic" (the CDFSL targets, one
+  # fine-tuning per episode). ("fewshot", the 11-dataset benchmark, is planned.)
+  config.protocol = "episodic"
+  # What is fine-tuned beside the frozen backbone: "lora" (prompt learners
+  # "coop" / "maple" are planned; see jaxfsl/trainables/).
+  config.trainable = "lora"
+  # Several seeds in one job: "1,2,3" runs one resumable sub-job per seed in
+  # WORKDIR/seed_<s> ('': the single ``seed`` below).
+  config.seeds = ""
+
   config.model = ml_collections.ConfigDict()
   # A pretrained checkpoint (HF folder, OpenAI .pt, big_vision .npz) ...
   config.model.checkpoint = "~/jaxfsl_models/clip-vit-base-patch16"
