@@ -149,7 +149,8 @@ class ModelConfig:
   """A two-tower vision-language model.
 
   Attributes:
-    family: "clip" or "siglip" (SigLIP and fixed-resolution SigLIP2).
+    family: "clip", "siglip" (SigLIP and fixed-resolution SigLIP2) or
+      "pe_core" (jaxfsl.models.pe_config).
     vision: the image tower.
     text: the text tower.
     logit_scale_init: initial log temperature (CLIP: log(1/0.07); SigLIP:
@@ -157,7 +158,7 @@ class ModelConfig:
     logit_bias_init: initial bias (SigLIP: -10); None for models without one.
   """
 
-  family: Literal["clip", "siglip"]
+  family: Literal["clip", "siglip", "pe_core"]
   vision: VisionConfig
   text: TextConfig
   logit_scale_init: float = 2.6592
@@ -246,3 +247,10 @@ PRESETS: dict[str, ModelConfig] = {
         image_size=64, text_width=64, text_depth=2, text_heads=4,
         embed_dim=32, vocab_size=1000, context_length=48),
 }
+
+# PE-Core presets live beside their config class; registered here so that
+# PRESETS is complete wherever it is imported from (pe_config imports only
+# names defined above, so this late import is not a cycle problem).
+from jaxfsl.models.pe_config import PE_PRESETS  # noqa: E402
+
+PRESETS.update(PE_PRESETS)

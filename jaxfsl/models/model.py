@@ -133,11 +133,17 @@ def build(config: ModelConfig | str, seed: int = 0,
           f"unknown model preset {config!r}; expected one of {sorted(PRESETS)}")
     config = PRESETS[config]
   params = init_params(config, jax.random.PRNGKey(seed))
+  if (tokenizer is None and config.family == "pe_core"
+      and config.text.vocab_size == 49408):
+    from jaxfsl.pe_tokenizer import pe_core_tokenizer
+    tokenizer = pe_core_tokenizer(config.text.context_length)
   if tokenizer is None:
     from jaxfsl.tokenizers import ByteTokenizer
     tokenizer = ByteTokenizer(config.text.vocab_size,
                               config.text.context_length)
-  if config.family == "siglip":
+  if config.family in ("siglip", "pe_core"):
+    # Both: mean = std = 0.5, bilinear (PE-Core: perception_models
+    # transforms.py).
     pre = Preprocessing(config.vision.image_size, SIGLIP_MEAN, SIGLIP_STD,
                         "bilinear")
   else:
