@@ -5,7 +5,11 @@
 * a folder with ``config.json``: Hugging Face ``CLIPModel`` / ``SiglipModel``
   (``hf.load_hf``);
 * an ``.npz``: big_vision SigLIP (``big_vision.load_big_vision``);
-* a ``.pt`` / ``.pth`` / ``.bin``: OpenAI CLIP (``openai.load_openai``).
+* a ``.pt`` / ``.pth`` / ``.bin``: OpenAI CLIP (``openai.load_openai``);
+* PE-Core in any of its layouts, recognised first (``pe_core.detect``): an
+  official ``PE-Core-*.pt``, an open_clip hub folder
+  (``open_clip_config.json``), timm ``vit_pe_core_*`` weights
+  (``pe_core.load_pe_core``).
 
 Files with another suffix are recognised by content. Nothing is ever
 unpickled beyond what ``torch.load(weights_only=True)`` allows; every problem
@@ -21,6 +25,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from jaxfsl.checkpoints import pe_core
 from jaxfsl.checkpoints.big_vision import convert_big_vision, load_big_vision
 from jaxfsl.checkpoints.common import (
     CheckpointError,
@@ -34,13 +39,14 @@ from jaxfsl.checkpoints.hf import (
     siglip_config_from_hf,
 )
 from jaxfsl.checkpoints.openai import convert_openai, load_openai
+from jaxfsl.checkpoints.pe_core import convert_pe_core, load_pe_core
 from jaxfsl.models.model import Model
 
 __all__ = [
     "CheckpointError", "CheckpointWarning", "load_model", "load_hf",
     "load_big_vision", "load_openai", "convert_big_vision", "convert_openai",
     "clip_config_from_hf", "siglip_config_from_hf", "read_safetensors",
-    "detect_format",
+    "detect_format", "load_pe_core", "convert_pe_core",
 ]
 
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin")
@@ -89,7 +95,7 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 def load_model(path: str | os.PathLike, tokenizer: TokenizerArg = None,
-               dtype: Any = jnp.float32) -> Model:
+               dtype: Any = jnp.float32, **options: Any) -> Model:
   """Loads a CLIP / SigLIP checkpoint as a ``Model``.
 
   Args:
@@ -100,6 +106,8 @@ def load_model(path: str | os.PathLike, tokenizer: TokenizerArg = None,
       (spiece.model, tokenizer.json, vocab.json + merges.txt), or a callable
       list[str] -> int32 [N, L].
     dtype: compute dtype of the matmuls; parameters stay float32.
+    **options: layout-specific settings; PE-Core: ``vision_heads``,
+      ``text_heads``, ``pool_heads`` (see ``load_pe_core``).
 
   Returns:
     The Model, its config derived from the checkpoint's own metadata and
@@ -110,6 +118,11 @@ def load_model(path: str | os.PathLike, tokenizer: TokenizerArg = None,
     CheckpointError: anything wrong with the checkpoint (names the file, the
       tensor(s) and what was expected).
   """
+  if pe_core.detect(path) is not None:
+    return load_pe_core(path, tokenizer=tokenizer, dtype=dtype, **options)
+  if options:
+    raise TypeError(f"{path}: options {sorted(options)} apply to PE-Core "
+                    "checkpoints only")
   kind = detect_format(path)
   loader = {"hf": load_hf, "big_vision": load_big_vision,
             "openai": load_openai}[kind]
