@@ -65,12 +65,12 @@ from jaxfsl.models.pe_config import (
     LOGIT_SCALE_INIT,
     AbsentTextConfig,
     PeVisionConfig,
-    default_vision_heads,
 )
 from jaxfsl.preprocess import SIGLIP_MEAN, SIGLIP_STD, Preprocessing
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
-OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors",
+                     "open_clip_pytorch_model.bin")
 TIMM_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 _EPS = 1e-5
 _GET_INSTEAD = (
@@ -154,7 +154,7 @@ def _layout_of_keys(keys: set[str]) -> str | None:
 # ----------------------------------------------------------------- reading
 
 
-def _unwrap(state: Any, path: str) -> Any:
+def _unwrap(state: Any) -> Any:
   """perception_models' load_ckpt: a ``state_dict`` / ``weights`` wrapper
   and a uniform ``module.`` prefix are removed."""
   for wrapper in ("state_dict", "weights"):
@@ -165,14 +165,13 @@ def _unwrap(state: Any, path: str) -> Any:
   if isinstance(state, Mapping) and state and all(
       isinstance(k, str) and k.startswith("module.") for k in state):
     state = {k[len("module."):]: v for k, v in state.items()}
-  del path
   return state
 
 
 def _read_weights(path: Path) -> dict[str, np.ndarray]:
   if path.suffix.lower() == ".safetensors":
     return common.read_safetensors(path)
-  state = _unwrap(common.torch_load_weights(path), str(path))
+  state = _unwrap(common.torch_load_weights(path))
   return common.torch_to_numpy(state, path)
 
 
@@ -280,6 +279,17 @@ def _timm_blocks(t: Tensors, prefix: str, depth: int, width: int,
   return out
 
 
+def _rule_heads(width: int, head_width: int, tower: str, option: str,
+                path: str) -> int:
+  """PE-Core's head count rule (no checkpoint stores it)."""
+  if width % head_width:
+    raise CheckpointError(
+        f"{path}: {tower} width {width} is not a multiple of PE-Core's head "
+        f"width {head_width}, so the head count cannot be inferred; pass "
+        f"{option}=N (load_model(path, {option}=N))")
+  return width // head_width
+
+
 def _vision(t: Tensors, v: _Vision, path: str, heads: int | None,
             pool_heads: int | None) -> tuple[PeVisionConfig, dict]:
   """Vision config (from shapes) and the ``img`` param tree."""
@@ -320,7 +330,9 @@ def _vision(t: Tensors, v: _Vision, path: str, heads: int | None,
   else:
     embed = t.shape(k("proj"), "the embedding width")[-1]
     proj_bias = False
-  heads = heads or default_vision_heads(width, class_token)
+  if heads is None:
+    heads = _rule_heads(width, 96 if (width == 1536 and not class_token)
+                        else 64, "vision", "vision_heads", path)
   config = common.make_config(path, lambda: PeVisionConfig(
       image_size=grid * patch, patch_size=patch, width=width, depth=depth,
       heads=heads, mlp_dim=mlp, embed_dim=embed, act="gelu", pool="map",
@@ -390,7 +402,8 @@ def _text(t: Tensors, prefix: str, path: str, embed: int, heads: int | None
   mlp = t.shape(f"{blocks}0.mlp.c_fc.weight", "the text MLP width")[0]
   config = common.make_config(path, lambda: TextConfig(
       vocab_size=vocab, context_length=context, width=width, depth=depth,
-      heads=heads or max(1, width // 64), mlp_dim=mlp, embed_dim=embed,
+      heads=heads or _rule_heads(width, 64, "text", "text_heads", path),
+      mlp_dim=mlp, embed_dim=embed,
       act="gelu", causal=True, pool="eot", eot_token_id=None,
       proj_bias=False, norm_eps=_EPS))
   txt = {
@@ -554,12 +567,11 @@ def load_pe_core(path: str | os.PathLike,
   config, params, layout = convert_pe_core(
       arrays, str(weights), layout, config_file, vision_heads=vision_heads,
       text_heads=text_heads, pool_heads=pool_heads)
+  # A vision-only model's absent text tower has no parameters.
+  params = common.finalize_params(params, config, weights)
   if "txt" not in params:
-    # The module builds the absent tower without parameters.
-    params = common.finalize_params(params, config, weights)
     tok = _NoText(config.text.reason, config.text.context_length)
   else:
-    params = common.finalize_params(params, config, weights)
     tok = _tokenizer(tokenizer, config)
   pre = Preprocessing(config.vision.image_size, SIGLIP_MEAN, SIGLIP_STD,
                       "bilinear")

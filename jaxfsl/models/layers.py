@@ -38,7 +38,7 @@ def activation(name: str) -> Callable[[Array], Array]:
 
 
 def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
-  """Rotates interleaved channel pairs: (a, b) -> (a cos - b sin, b cos + a sin).
+  """Rotates channel pairs: (a, b) -> (a cos - b sin, b cos + a sin).
 
   The GPT-J / interleaved RoPE convention (pair 2j, 2j+1 share an angle), as
   PE-Core's ``rope.py`` (``rotate_half`` on adjacent pairs), computed in
