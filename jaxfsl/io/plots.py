@@ -25,7 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from jaxfsl.io import aggregate
-from jaxfsl.io.markdown import LOSS_LABELS, dataset_label, loss_rows
+from jaxfsl.io.markdown import (
+  LOSS_LABELS,
+  dataset_label,
+  loss_rows,
+  parts_sum_to_total,
+)
 
 PLOT_FILES = ("accuracy_stages.png", "gap_discriminability.png",
               "gradient_parts.png", "accuracy_distribution.png",
@@ -124,7 +129,7 @@ def accuracy_figure(r: Mapping[str, Any]) -> Any:
   import matplotlib.pyplot as plt
 
   xs, ticks, xlabel = _stage_x(r)
-  fig, ax = plt.subplots(figsize=(6.5, 4))
+  fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
   means = [r["zero_shot_accuracy_mean"], *r["stage_accuracy_mean"]]
   cis = [r["zero_shot_accuracy_ci95"], *r["stage_accuracy_ci95"]]
   ax.errorbar(xs, means, yerr=cis, marker="o", capsize=4,
@@ -150,7 +155,7 @@ def analysis_figure(r: Mapping[str, Any]) -> Any | None:
   if not sm:
     return None
   xs, ticks, xlabel = _stage_x(r)
-  fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4))
+  fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
   if "modality_gap" in sm:
     gap = [zm.get("modality_gap", math.nan), *sm["modality_gap"]]
     a1.plot(xs, gap, marker="o", color="tab:red", label="mean over episodes")
@@ -194,7 +199,7 @@ def gradient_figure(r: Mapping[str, Any]) -> Any | None:
   if "visual_grad_norm" not in sm or "cross_modal_grad_norm" not in sm:
     return None
   xs, ticks, xlabel = _stage_x(r)
-  fig, ax = plt.subplots(figsize=(6.5, 4))
+  fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
   ax.plot(xs, [zm.get("visual_grad_norm", math.nan),
                *sm["visual_grad_norm"]], marker="o",
           label="visual-learning part")
@@ -216,7 +221,7 @@ def distribution_figure(r: Mapping[str, Any]) -> Any:
   """Histogram of the episodes' final and zero-shot accuracies."""
   import matplotlib.pyplot as plt
 
-  fig, ax = plt.subplots(figsize=(6.5, 4))
+  fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
   acc = [e["accuracy"] for e in r["episodes"]]
   zs = [e["zero_shot_accuracy"] for e in r["episodes"]]
   bins = min(30, max(5, int(math.sqrt(len(acc))) * 2))
@@ -241,11 +246,14 @@ def losses_figure(r: Mapping[str, Any]) -> Any | None:
   per_step = r.get("step_loss_mean") or {}
   per_step_ci = r.get("step_loss_ci95") or {}
   segments = r.get("loss_means") or {}
-  terms = list(loss_rows(per_step if per_step else segments))
+  rows = loss_rows(per_step if per_step else segments)
+  terms = list(rows)
   if not terms:
     return None
+  ylabel = ("loss term, weighted as in the total"
+            if parts_sum_to_total(rows) else "loss term (logged unweighted)")
   fig, axes = plt.subplots(1, len(terms), figsize=(4.2 * len(terms), 3.8),
-                           squeeze=False)
+                           squeeze=False, layout="constrained")
   ends = aggregate.evaluation_steps(r)
   for ax, term in zip(axes[0], terms, strict=True):
     if per_step:
@@ -261,15 +269,16 @@ def losses_figure(r: Mapping[str, Any]) -> Any | None:
       values = segments[term]
       bounds = ends if len(ends) == len(values) else list(
           range(1, len(values) + 1))
-      ax.stairs(values, [0, *bounds], label="segment mean over episodes "
-                "(no per-step losses)")
+      # Segment k covers steps bounds[k-1]+1 .. bounds[k] (from 1).
+      ax.stairs(values, [0.5, *(b + 0.5 for b in bounds)], baseline=None,
+                label="segment mean over episodes (no per-step losses)")
     mark_window(ax, r, offset=0.5)
     ax.set_xlabel("training step")
-    ax.set_ylabel("loss (as weighted in the total)")
+    ax.set_ylabel(ylabel)
     ax.set_title(LOSS_LABELS.get(term, term), fontsize=9)
     _include_zero(ax)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+  axes[0][0].legend(fontsize=7)  # The same entries in every panel.
   fig.suptitle(_title(r), fontsize=9)
   return fig
 
