@@ -2,6 +2,7 @@
 tools/summarize.py on hand-made results: what the files say, not pixels.
 No JAX, no training."""
 
+import json
 import struct
 import subprocess
 import sys
@@ -458,3 +459,24 @@ def test_summarize_tool_rejects_seed_folders_of_different_jobs(tmp_path):
   assert "ERROR:" in proc.stderr and "steps: 22, 40" in proc.stderr
   assert "job" in proc.stderr
 
+
+
+def test_seeds_summary_numbers_equal_the_per_seed_results(tmp_path):
+  runs = [_write_job(tmp_path / f"seed_{s}", seed=s, run_seed=s,
+                     config=_config(seed=s)) for s in (1, 2, 3)]
+  loaded = [reports.load_results(tmp_path / f"seed_{s}") for s in (1, 2, 3)]
+  reports.write_seeds_summary(tmp_path, loaded)
+  seeds = json.loads((tmp_path / reports.SEEDS_FILE).read_text())
+  assert seeds["seeds"] == [1, 2, 3] and seeds["dataset"] == "eurosat"
+  assert seeds["accuracy_mean"] == pytest.approx(
+      np.mean([r["accuracy_mean"] for r in runs]), abs=1e-12)
+  for p, r in zip(seeds["per_seed"], runs, strict=True):
+    assert p["accuracy_mean"] == r["accuracy_mean"]
+    assert p["accuracy_ci95"] == r["accuracy_ci95"]
+    assert p["num_episodes"] == r["num_episodes"]
+  md = (tmp_path / "summary.md").read_text()
+  assert f"{seeds['accuracy_mean']:.2f} (3 seeds)" in md
+  assert "| 2 | " + aggregate.format_mean_ci(
+      runs[1]["accuracy_mean"], runs[1]["accuracy_ci95"]) in md
+  with pytest.raises(ValueError, match="seed repeated"):
+    reports.write_seeds_summary(tmp_path, [loaded[0], loaded[0]])

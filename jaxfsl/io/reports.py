@@ -18,6 +18,9 @@ half-written report.
                      (``jaxfsl.io.markdown``)
   plots/*.png        ``jaxfsl.io.plots.PLOT_FILES``
   tensorboard/       scalars (``jaxfsl.io.metric_writer.TensorBoard``)
+
+A multi-seed job's parent workdir gets ``seeds.json`` and ``summary.md``
+(``write_seeds_summary``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from jaxfsl.io import aggregate
 
 # Re-exported: the runner and tools use them as ``reports.X``.
 from jaxfsl.io.markdown import (  # noqa: F401
@@ -251,3 +256,43 @@ def write_all(directory: str | os.PathLike[str],
   write_text_atomic(directory / "summary.md", summary_markdown(results))
   write_plots(directory / "plots", results)
   return dict(results)
+
+
+SEEDS_FILE = "seeds.json"
+
+
+def write_seeds_summary(directory: str | os.PathLike[str],
+                        runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """The reports of a multi-seed job (``--config.seeds``) in its parent
+  workdir, beside the ``seed_<s>/`` workdirs:
+
+    seeds.json   ``aggregate.over_seeds`` of the per-seed results (the mean
+                 over seeds and each seed's mean ± 95% CI over episodes)
+    summary.md   the comparison table (one row, the mean over seeds) and
+                 the per-seed table
+
+  Args:
+    directory: the parent workdir.
+    runs: the per-seed results dicts (``results.json`` contents).
+
+  Returns:
+    The ``seed_group`` entry written (its ``over_seeds`` keys included).
+
+  Raises:
+    ValueError: ``aggregate.over_seeds``' errors, prefixed with
+      ``directory``.
+  """
+  directory = Path(directory)
+  try:
+    group = seed_group(runs)
+  except ValueError as e:
+    raise ValueError(f"{directory}: {e}") from None
+  keys = ("dataset", "way", "shot", "variant", "method", "model", "steps")
+  write_json(directory / SEEDS_FILE,
+             {**{k: group.get(k) for k in keys},
+              **aggregate.over_seeds(runs)})
+  title = (f"# {group['method']} on {dataset_label(group['dataset'])}: "
+           f"{group['num_seeds']} seeds\n\n")
+  write_text_atomic(directory / "summary.md",
+                    title + comparison_table([group]))
+  return group
