@@ -89,8 +89,9 @@ def csv_columns(records: Sequence[Mapping[str, Any]]) -> list[str]:
   """The CSV header for these records: index, accuracy, zero-shot accuracy,
   per-stage accuracies ``accuracy_s1..``, then each analysis metric per stage
   (``modality_gap_s1..``) and at zero-shot (``zero_shot_modality_gap``), the
-  loss parts per segment (``loss_vlm_s1..``), ``first_nonfinite_step`` and,
-  for eval-only records, ``train_accuracy``."""
+  loss terms per segment as they entered the loss (``loss_vlm_s1..``;
+  per-step values are in ``step_losses.npz``), ``first_nonfinite_step``
+  and, for eval-only records, ``train_accuracy``."""
   if not records:
     return ["index", "accuracy", "zero_shot_accuracy"]
   first = records[0]
