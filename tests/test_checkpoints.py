@@ -28,7 +28,8 @@ from jaxfsl.checkpoints import (
     load_model,
     read_safetensors,
 )
-from jaxfsl.preprocess import CLIP_MEAN, SIGLIP_MEAN
+from jaxfsl.models.families.clip import MEAN as CLIP_MEAN
+from jaxfsl.models.families.siglip import MEAN as SIGLIP_MEAN
 
 TOL = 1e-4
 
@@ -294,20 +295,18 @@ def test_pt_truncated_missing_resnet(tmp_path, openai_clip):
 
 
 def test_hf_truncated_safetensors(tmp_path, clip_folder):
+  # Cut in the data, in the header length, in the header: each is the file
+  # name, then the safetensors library's reason.
   folder = _copy(clip_folder, tmp_path)
   f = folder / "model.safetensors"
   data = f.read_bytes()
-  f.write_bytes(data[: len(data) // 2])
-  with pytest.raises(CheckpointError,
-                     match=r"model\.safetensors: truncated safetensors file: "
-                     r"tensor '.*' needs bytes"):
-    load_model(folder)
-  f.write_bytes(data[:5])
-  with pytest.raises(CheckpointError, match=r"model\.safetensors: truncated"):
-    load_model(folder)
-  f.write_bytes(data[:100])
-  with pytest.raises(CheckpointError, match=r"header claims \d+ bytes"):
-    load_model(folder)
+  for cut in (len(data) // 2, 5, 100):
+    f.write_bytes(data[:cut])
+    with pytest.raises(CheckpointError) as info:
+      load_model(folder)
+    prefix = f"{f}: unreadable safetensors file (truncated or corrupt?): "
+    assert str(info.value).startswith(prefix)
+    assert len(str(info.value)) > len(prefix)
 
 
 def _rewrite(folder, edit):
@@ -469,9 +468,9 @@ def test_dispatch(tmp_path, clip_folder):
     load_model(tmp_path / "weights.dat")
   np.savez(tmp_path / "m.noext", x=np.zeros(1))
   shutil.move(tmp_path / "m.noext.npz", tmp_path / "m.ckpt")
-  assert detect_format(tmp_path / "m.ckpt") == "big_vision"
+  assert detect_format(tmp_path / "m.ckpt") == "npz"
   torch.save({"a": torch.zeros(1)}, tmp_path / "t.ckpt")
-  assert detect_format(tmp_path / "t.ckpt") == "openai"
+  assert detect_format(tmp_path / "t.ckpt") == "torch"
 
 
 def test_no_warnings_on_clean_checkpoints(clip_folder, siglip_folder):

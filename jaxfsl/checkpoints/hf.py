@@ -33,10 +33,14 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfsl.checkpoints import common
-from jaxfsl.checkpoints.common import CheckpointError, Tensors
-from jaxfsl.models.config import ModelConfig, TextConfig, VisionConfig
+from jaxfsl.checkpoints import readers
+from jaxfsl.checkpoints import tensors as T
+from jaxfsl.checkpoints.errors import CheckpointError, listing
+from jaxfsl.checkpoints.tensors import Tensors
+from jaxfsl.models import families
+from jaxfsl.models.config import ModelConfig, TextConfig
 from jaxfsl.models.model import Model
+from jaxfsl.paths import user_path
 from jaxfsl.preprocess import Preprocessing
 
 # Defaults of transformers' config classes, for keys a config.json omits
@@ -67,9 +71,6 @@ _ACTIVATIONS = {
     "gelu_pytorch_tanh": "gelu_tanh",
     "gelu_new": "gelu_tanh",
 }
-
-# PIL resample codes as HF image processors store them.
-_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 _WEIGHTS = "model.safetensors"
 _WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -112,8 +113,9 @@ def _act(name: Any, field: str, path: str) -> str:
   return _ACTIVATIONS[name]
 
 
-def _eps(value: Any, default: float) -> float:
-  return default if value is None else float(value)
+def _eps(value: Any) -> dict:
+  # None (or absent) keeps the family's epsilon.
+  return {} if value is None else {"norm_eps": float(value)}
 
 
 def _check_channels(vc: dict, path: str) -> None:
@@ -140,33 +142,27 @@ def clip_config_from_hf(cfg: dict, path: str = "config.json") -> ModelConfig:
   # models pool at the highest token id (OpenAI's argmax).
   eot = None if eos == 2 else eos
   embed = int(top["projection_dim"])
-
-  def build():
-    return ModelConfig(
-        family="clip",
-        vision=VisionConfig(
-            image_size=_square(vc["image_size"], "vision_config.image_size",
-                               path),
-            patch_size=_square(vc["patch_size"], "vision_config.patch_size",
-                               path),
-            width=int(vc["hidden_size"]), depth=int(vc["num_hidden_layers"]),
-            heads=int(vc["num_attention_heads"]),
-            mlp_dim=int(vc["intermediate_size"]), embed_dim=embed,
-            act=_act(vc["hidden_act"], "vision_config.hidden_act", path),
-            pool="cls", pre_norm=True, patch_bias=False, proj=True,
-            proj_bias=False, norm_eps=_eps(vc["layer_norm_eps"], 1e-5)),
-        text=TextConfig(
-            vocab_size=int(tc["vocab_size"]),
-            context_length=int(tc["max_position_embeddings"]),
-            width=int(tc["hidden_size"]), depth=int(tc["num_hidden_layers"]),
-            heads=int(tc["num_attention_heads"]),
-            mlp_dim=int(tc["intermediate_size"]), embed_dim=embed,
-            act=_act(tc["hidden_act"], "text_config.hidden_act", path),
-            causal=True, pool="eot", eot_token_id=eot, proj_bias=False,
-            norm_eps=_eps(tc["layer_norm_eps"], 1e-5)),
-        logit_scale_init=float(top["logit_scale_init_value"]),
-        logit_bias_init=None)
-  return common.make_config(path, build)
+  return T.make_config(
+      path, "clip",
+      vision=dict(
+          image_size=_square(vc["image_size"], "vision_config.image_size",
+                             path),
+          patch_size=_square(vc["patch_size"], "vision_config.patch_size",
+                             path),
+          width=int(vc["hidden_size"]), depth=int(vc["num_hidden_layers"]),
+          heads=int(vc["num_attention_heads"]),
+          mlp_dim=int(vc["intermediate_size"]), embed_dim=embed,
+          act=_act(vc["hidden_act"], "vision_config.hidden_act", path),
+          **_eps(vc["layer_norm_eps"])),
+      text=dict(
+          vocab_size=int(tc["vocab_size"]),
+          context_length=int(tc["max_position_embeddings"]),
+          width=int(tc["hidden_size"]), depth=int(tc["num_hidden_layers"]),
+          heads=int(tc["num_attention_heads"]),
+          mlp_dim=int(tc["intermediate_size"]), embed_dim=embed,
+          act=_act(tc["hidden_act"], "text_config.hidden_act", path),
+          eot_token_id=eot, **_eps(tc["layer_norm_eps"])),
+      logit_scale_init=float(top["logit_scale_init_value"]))
 
 
 def siglip_config_from_hf(cfg: dict, path: str = "config.json"
@@ -190,32 +186,26 @@ def siglip_config_from_hf(cfg: dict, path: str = "config.json"
         f"vision_config.hidden_size={width}; SigLIP compares the text head "
         "output with the pooled image tokens, so they must match")
 
-  def build():
-    return ModelConfig(
-        family="siglip",
-        vision=VisionConfig(
-            image_size=_square(vc["image_size"], "vision_config.image_size",
-                               path),
-            patch_size=_square(vc["patch_size"], "vision_config.patch_size",
-                               path),
-            width=width, depth=int(vc["num_hidden_layers"]),
-            heads=int(vc["num_attention_heads"]),
-            mlp_dim=int(vc["intermediate_size"]), embed_dim=width,
-            act=_act(vc["hidden_act"], "vision_config.hidden_act", path),
-            pool="map", pre_norm=False, patch_bias=True, proj=False,
-            proj_bias=False, norm_eps=_eps(vc["layer_norm_eps"], 1e-6)),
-        text=TextConfig(
-            vocab_size=int(tc["vocab_size"]),
-            context_length=int(tc["max_position_embeddings"]),
-            width=text_width, depth=int(tc["num_hidden_layers"]),
-            heads=int(tc["num_attention_heads"]),
-            mlp_dim=int(tc["intermediate_size"]), embed_dim=proj,
-            act=_act(tc["hidden_act"], "text_config.hidden_act", path),
-            causal=False, pool="last", eot_token_id=None, proj_bias=True,
-            norm_eps=_eps(tc["layer_norm_eps"], 1e-6)),
-        logit_scale_init=2.302585,
-        logit_bias_init=-10.0)
-  return common.make_config(path, build)
+  return T.make_config(
+      path, "siglip",
+      vision=dict(
+          image_size=_square(vc["image_size"], "vision_config.image_size",
+                             path),
+          patch_size=_square(vc["patch_size"], "vision_config.patch_size",
+                             path),
+          width=width, depth=int(vc["num_hidden_layers"]),
+          heads=int(vc["num_attention_heads"]),
+          mlp_dim=int(vc["intermediate_size"]), embed_dim=width,
+          act=_act(vc["hidden_act"], "vision_config.hidden_act", path),
+          **_eps(vc["layer_norm_eps"])),
+      text=dict(
+          vocab_size=int(tc["vocab_size"]),
+          context_length=int(tc["max_position_embeddings"]),
+          width=text_width, depth=int(tc["num_hidden_layers"]),
+          heads=int(tc["num_attention_heads"]),
+          mlp_dim=int(tc["intermediate_size"]), embed_dim=proj,
+          act=_act(tc["hidden_act"], "text_config.hidden_act", path),
+          **_eps(tc["layer_norm_eps"])))
 
 
 # ----------------------------------------------------------------- weights
@@ -231,27 +221,27 @@ def read_hf_weights(folder: str | os.PathLike) -> Tensors:
   folder = Path(folder)
   if (folder / _WEIGHTS).is_file():
     f = folder / _WEIGHTS
-    return Tensors(common.read_safetensors(f), str(f))
+    return Tensors(readers.read_safetensors(f), str(f))
   if (folder / _WEIGHTS_INDEX).is_file():
     return _read_sharded(folder, folder / _WEIGHTS_INDEX,
-                         common.read_safetensors)
+                         readers.read_safetensors)
   if (folder / _TORCH_WEIGHTS).is_file():
     f = folder / _TORCH_WEIGHTS
-    return Tensors(common.torch_to_numpy(common.torch_load_weights(f), f),
+    return Tensors(readers.torch_to_numpy(readers.torch_load_weights(f), f),
                    str(f))
   if (folder / _TORCH_WEIGHTS_INDEX).is_file():
     return _read_sharded(
         folder, folder / _TORCH_WEIGHTS_INDEX,
-        lambda f: common.torch_to_numpy(common.torch_load_weights(f), f))
+        lambda f: readers.torch_to_numpy(readers.torch_load_weights(f), f))
   present = sorted(p.name for p in folder.iterdir())
   raise CheckpointError(
       f"{folder}: no weights found; expected {_WEIGHTS}, {_WEIGHTS_INDEX}, "
       f"{_TORCH_WEIGHTS} or {_TORCH_WEIGHTS_INDEX}; the folder has: "
-      f"{common.listing(present)}")
+      f"{listing(present)}")
 
 
 def _read_sharded(folder: Path, index_file: Path, read) -> Tensors:
-  index = common.read_json(index_file)
+  index = readers.read_json(index_file)
   weight_map = index.get("weight_map")
   if not isinstance(weight_map, dict) or not weight_map:
     raise CheckpointError(f"{index_file}: no 'weight_map' in the index")
@@ -282,12 +272,12 @@ def _linear(t: Tensors, prefix: str, n_in: int, n_out: int,
             bias: bool = True) -> dict:
   """torch Linear weight [out, in] -> Dense kernel [in, out]."""
   kernel = t.get(f"{prefix}.weight", (n_out, n_in)).T
-  return common.dense(kernel, t.get(f"{prefix}.bias", (n_out,))
+  return T.dense(kernel, t.get(f"{prefix}.bias", (n_out,))
                       if bias else None)
 
 
 def _layer_norm(t: Tensors, prefix: str, width: int) -> dict:
-  return common.ln(t.get(f"{prefix}.weight", (width,)),
+  return T.ln(t.get(f"{prefix}.weight", (width,)),
                    t.get(f"{prefix}.bias", (width,)))
 
 
@@ -302,7 +292,7 @@ def _encoder(t: Tensors, prefix: str, width: int, depth: int,
     blocks[f"blocks_{i}"] = {
         "ln1": _layer_norm(t, f"{p}.layer_norm1", width),
         "attn": {
-            "qkv": common.fused_qkv(q, k, v),
+            "qkv": T.fused_qkv(q, k, v),
             "out": _linear(t, f"{p}.self_attn.out_proj", width, width),
         },
         "ln2": _layer_norm(t, f"{p}.layer_norm2", width),
@@ -317,13 +307,6 @@ def _encoder(t: Tensors, prefix: str, width: int, depth: int,
 def _patch_kernel(t: Tensors, key: str, width: int, p: int) -> np.ndarray:
   # Conv2d weight [W, 3, p, p] (OIHW) -> [p, p, 3, W] (HWIO).
   return t.get(key, (width, 3, p, p)).transpose(2, 3, 1, 0)
-
-
-def _scalar(t: Tensors, key: str) -> np.ndarray:
-  # CLIP stores logit_scale as [], SigLIP as [1]; accept either.
-  shape = t.shape(key) if key in t else ()
-  value = t.get(key, shape if shape in ((), (1,)) else ())
-  return value.reshape(())
 
 
 def _text_common(t: Tensors, c: TextConfig) -> dict:
@@ -358,7 +341,7 @@ def clip_params_from_hf(t: Tensors, config: ModelConfig) -> dict:
       **_text_common(t, x),
       "proj": _linear(t, "text_projection", x.width, x.embed_dim, bias=False),
   }
-  return {"img": img, "txt": txt, "logit_scale": _scalar(t, "logit_scale")}
+  return {"img": img, "txt": txt, "logit_scale": t.scalar("logit_scale")}
 
 
 def siglip_params_from_hf(t: Tensors, config: ModelConfig) -> dict:
@@ -384,7 +367,7 @@ def siglip_params_from_hf(t: Tensors, config: ModelConfig) -> dict:
           "attn": {
               # nn.MultiheadAttention packs q|k|v as rows of [3W, W]: the
               # transpose is our fused [W, 3W] with columns q|k|v.
-              "qkv": common.dense(in_w.T, in_b),
+              "qkv": T.dense(in_w.T, in_b),
               "out": _linear(t, f"{head}.attention.out_proj", w, w),
           },
           "ln": _layer_norm(t, f"{head}.layernorm", w),
@@ -398,8 +381,8 @@ def siglip_params_from_hf(t: Tensors, config: ModelConfig) -> dict:
       **_text_common(t, x),
       "proj": _linear(t, "text_model.head", x.width, x.embed_dim),
   }
-  return {"img": img, "txt": txt, "logit_scale": _scalar(t, "logit_scale"),
-          "logit_bias": _scalar(t, "logit_bias")}
+  return {"img": img, "txt": txt, "logit_scale": t.scalar("logit_scale"),
+          "logit_bias": t.scalar("logit_bias")}
 
 
 # --------------------------------------------------------- preprocessing
@@ -407,20 +390,23 @@ def siglip_params_from_hf(t: Tensors, config: ModelConfig) -> dict:
 
 def preprocessing_from_hf(folder: str | os.PathLike, config: ModelConfig
                           ) -> Preprocessing:
-  """Mean/std/resample from ``preprocessor_config.json`` (or the image
-  processor inside transformers 5's ``processor_config.json``), else the
-  family defaults. The image size is always the model's: jaxfsl resizes to
-  S x S without the centre crop HF uses."""
+  """Mean/std from ``preprocessor_config.json`` (or the image processor
+  inside transformers 5's ``processor_config.json``), else the family's.
+
+  The image size is always the model's and the resize rule the family's
+  (jaxfsl resizes to S x S without crop, as in the episodes; the centre crop
+  and, for CLIP, the bicubic filter of HF's processors are not used).
+  """
   folder = Path(folder)
-  default = common.default_preprocessing(config.family,
-                                         config.vision.image_size)
+  default = families.get(config.family).preprocessing(
+      config.vision.image_size)
   pre, source = None, None
   if (folder / "preprocessor_config.json").is_file():
     source = folder / "preprocessor_config.json"
-    pre = common.read_json(source)
+    pre = readers.read_json(source)
   elif (folder / "processor_config.json").is_file():
     source = folder / "processor_config.json"
-    pre = common.read_json(source).get("image_processor")
+    pre = readers.read_json(source).get("image_processor")
   if not isinstance(pre, dict):
     return default
 
@@ -435,10 +421,9 @@ def preprocessing_from_hf(folder: str | os.PathLike, config: ModelConfig
           f"{source}: {name}={value!r}; expected 3 per-channel values")
     return tuple(float(x) for x in value)
 
-  resample = _RESAMPLE.get(pre.get("resample"), default.resample)
   return Preprocessing(config.vision.image_size,
                        triple("image_mean", default.mean),
-                       triple("image_std", default.std), resample)
+                       triple("image_std", default.std), default.resample)
 
 
 def _tokenizer_files_present(folder: Path) -> bool:
@@ -448,13 +433,20 @@ def _tokenizer_files_present(folder: Path) -> bool:
 
 # -------------------------------------------------------------------- load
 
+# config.json model_type -> (config reader, tensor mapping). Another HF
+# architecture is one entry here.
+MODEL_TYPES = {
+    "clip": (clip_config_from_hf, clip_params_from_hf),
+    "siglip": (siglip_config_from_hf, siglip_params_from_hf),
+}
 
-def load_hf(path: str | os.PathLike, tokenizer: common.TokenizerArg = None,
+
+def load_hf(path: str | os.PathLike, tokenizer: T.TokenizerArg = None,
             dtype: Any = jnp.float32) -> Model:
   """Loads a Hugging Face CLIPModel / SiglipModel folder.
 
   Args:
-    path: the folder (with config.json).
+    path: the folder (with config.json); ``~`` is expanded.
     tokenizer: None to use the folder's own tokenizer files when present
       (none -> ``Model.tokenizer`` is None; feed token ids), or a callable /
       path that overrides them.
@@ -469,33 +461,24 @@ def load_hf(path: str | os.PathLike, tokenizer: common.TokenizerArg = None,
     CheckpointError: unsupported model_type, inconsistent config, missing /
       mis-shaped / unexpected tensors, unreadable files.
   """
-  folder = Path(path)
+  folder = user_path(path)
   cfg_file = folder / "config.json"
   if not cfg_file.is_file():
     raise CheckpointError(f"{folder}: not a Hugging Face model folder (no "
                           "config.json)")
-  cfg = common.read_json(cfg_file)
+  cfg = readers.read_json(cfg_file)
   model_type = cfg.get("model_type")
-  if model_type == "clip":
-    config = clip_config_from_hf(cfg, str(cfg_file))
-    convert = clip_params_from_hf
-  elif model_type == "siglip":
-    config = siglip_config_from_hf(cfg, str(cfg_file))
-    convert = siglip_params_from_hf
-  else:
+  if model_type not in MODEL_TYPES:
     raise CheckpointError(
         f"{cfg_file}: model_type={model_type!r} is not supported; expected "
         "'clip' (CLIPModel) or 'siglip' (SiglipModel, including "
         "fixed-resolution SigLIP2)")
+  read_config, convert = MODEL_TYPES[model_type]
+  config = read_config(cfg, str(cfg_file))
   tensors = read_hf_weights(folder)
   params = convert(tensors, config)
   tensors.finish(_harmless, what=f"a Hugging Face {model_type} model")
-  params = common.finalize_params(params, config, folder)
   if tokenizer is None and _tokenizer_files_present(folder):
     tokenizer = folder
-  return Model(
-      config=config, params=params,
-      tokenizer=common.resolve_tokenizer(tokenizer, config.family,
-                                         config.text.context_length),
-      preprocessing=preprocessing_from_hf(folder, config), dtype=dtype,
-      name=str(folder))
+  return T.finalize(config, params, folder, tokenizer=tokenizer, dtype=dtype,
+                    preprocessing=preprocessing_from_hf(folder, config))
