@@ -517,3 +517,61 @@ def test_big_vision_with_sentencepiece_tokenizer(tmp_path, siglip):
   assert ref.max_normalized_diff(
       model.encode_text(texts),
       ref.hf_text_features(siglip, ids.astype(np.int64))) <= TOL
+
+
+# ------------------------------------------------ user paths (issue 10)
+
+
+def _spiece_model(folder):
+  import sentencepiece as spm
+  corpus = ["a photo of a cat", "a photo of a dog", "x-ray of a chest"] * 20
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(corpus), model_prefix=str(folder / "spiece"),
+      vocab_size=30, hard_vocab_limit=False, pad_id=0, eos_id=1, unk_id=2,
+      bos_id=-1, minloglevel=2)
+  return folder / "spiece.model"
+
+
+def test_paths_tilde_load_model_and_tokenizer(tmp_path, monkeypatch, siglip,
+                                              clip_folder):
+  """~ and $VARS in jaxfsl.load_model's path and tokenizer= argument."""
+  import jaxfsl
+  home = tmp_path / "home"
+  home.mkdir()
+  monkeypatch.setenv("HOME", str(home))
+  monkeypatch.setenv("JAXFSL_TEST_DIR", str(home))
+  np.savez(home / "m.npz", **ref.siglip_to_big_vision(siglip))
+  _spiece_model(home)
+  shutil.copytree(clip_folder, home / "clip")
+  model = jaxfsl.load_model("~/m.npz", tokenizer="~/spiece.model")
+  assert model.tokenize(["a photo of a cat"]).shape == (1, 16)
+  assert model.name == str(home / "m.npz")
+  model = jaxfsl.load_model("$JAXFSL_TEST_DIR/m.npz",
+                            tokenizer="${JAXFSL_TEST_DIR}/spiece.model")
+  assert model.tokenizer is not None
+  assert jaxfsl.load_model("~/clip").config.family == "clip"
+  assert detect_format("~/clip") == "hf"
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    jaxfsl.load_model("~/m.npz", tokenizer="~/nothing.model")
+
+
+def test_paths_tilde_tokenizer_from_pretrained(tmp_path, monkeypatch):
+  from jaxfsl import tokenizers
+  monkeypatch.setenv("HOME", str(tmp_path))
+  _spiece_model(tmp_path)
+  tok = tokenizers.from_pretrained("~/spiece.model", "siglip", 8)
+  direct = tokenizers.from_pretrained(tmp_path / "spiece.model", "siglip", 8)
+  np.testing.assert_array_equal(tok(["a cat"]), direct(["a cat"]))
+  assert tokenizers.from_pretrained("~", "siglip", 8)(["a"]).shape == (1, 8)
+
+
+def test_encode_text_accepts_str():
+  """model.encode_text("a photo of a cat.") is one text: [1, E]."""
+  from jaxfsl.models import build
+  model = build("tiny-clip")
+  one = model.encode_text("a photo of a cat.")
+  assert one.shape == (1, model.config.text.embed_dim)
+  np.testing.assert_array_equal(
+      one, model.encode_text(["a photo of a cat."]))
+  with pytest.raises(TypeError, match="integers"):
+    model.encode_text(np.zeros((1, 48), np.float32))
