@@ -36,7 +36,6 @@ family's (``jaxfsl.models.families.siglip``).
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from collections.abc import Collection
 
@@ -73,19 +72,7 @@ def _depth(t: Tensors, base: str, path: str) -> tuple[int, bool]:
   scanned_key = f"{base}/encoderblock/LayerNorm_0/scale"
   if scanned_key in t:
     return t.shape(scanned_key)[0], True
-  pattern = re.compile(re.escape(base) + r"/encoderblock_(\d+)/")
-  found = {int(m.group(1)) for k in t.keys() if (m := pattern.match(k))}
-  if not found:
-    raise CheckpointError(
-        f"{path}: no encoder blocks under {base!r} (expected "
-        f"{base}/encoderblock_0/... or a scanned {base}/encoderblock/...)")
-  depth = max(found) + 1
-  if found != set(range(depth)):
-    missing = sorted(set(range(depth)) - found)
-    raise CheckpointError(
-        f"{path}: encoder blocks under {base!r} are not contiguous: missing "
-        f"encoderblock_{missing[0]} (of 0..{depth - 1})")
-  return depth, False
+  return T.count_blocks(t, f"{base}/encoderblock_", "/", path), False
 
 
 def _encoder(t: Tensors, base: str, depth: int, scanned: bool, width: int,

@@ -35,7 +35,7 @@ import numpy as np
 
 from jaxfsl.checkpoints import readers
 from jaxfsl.checkpoints import tensors as T
-from jaxfsl.checkpoints.errors import CheckpointError, listing
+from jaxfsl.checkpoints.errors import CheckpointError
 from jaxfsl.checkpoints.tensors import Tensors
 from jaxfsl.models import families
 from jaxfsl.models.config import ModelConfig, TextConfig
@@ -71,11 +71,6 @@ _ACTIVATIONS = {
     "gelu_pytorch_tanh": "gelu_tanh",
     "gelu_new": "gelu_tanh",
 }
-
-_WEIGHTS = "model.safetensors"
-_WEIGHTS_INDEX = "model.safetensors.index.json"
-_TORCH_WEIGHTS = "pytorch_model.bin"
-_TORCH_WEIGHTS_INDEX = "pytorch_model.bin.index.json"
 
 
 def _harmless(key: str) -> bool:
@@ -113,16 +108,26 @@ def _act(name: Any, field: str, path: str) -> str:
   return _ACTIVATIONS[name]
 
 
-def _eps(value: Any) -> dict:
-  # None (or absent) keeps the family's epsilon.
-  return {} if value is None else {"norm_eps": float(value)}
-
-
-def _check_channels(vc: dict, path: str) -> None:
-  if int(vc["num_channels"]) != 3:
-    raise CheckpointError(
-        f"{path}: vision_config.num_channels={vc['num_channels']}; only RGB "
-        "(3) is supported")
+def _tower(c: dict, name: str, path: str, embed: int) -> dict:
+  """Sizes (and the activation / epsilon a config.json states) of one tower
+  from its ``{name}`` sub-config; the family supplies the rest."""
+  out = dict(width=int(c["hidden_size"]), depth=int(c["num_hidden_layers"]),
+             heads=int(c["num_attention_heads"]),
+             mlp_dim=int(c["intermediate_size"]), embed_dim=embed,
+             act=_act(c["hidden_act"], f"{name}.hidden_act", path))
+  if c["layer_norm_eps"] is not None:  # None keeps the family's epsilon
+    out["norm_eps"] = float(c["layer_norm_eps"])
+  if name == "vision_config":
+    if int(c["num_channels"]) != 3:
+      raise CheckpointError(
+          f"{path}: vision_config.num_channels={c['num_channels']}; only RGB "
+          "(3) is supported")
+    out.update(image_size=_square(c["image_size"], f"{name}.image_size", path),
+               patch_size=_square(c["patch_size"], f"{name}.patch_size", path))
+  else:
+    out.update(vocab_size=int(c["vocab_size"]),
+               context_length=int(c["max_position_embeddings"]))
+  return out
 
 
 def clip_config_from_hf(cfg: dict, path: str = "config.json") -> ModelConfig:
@@ -130,7 +135,6 @@ def clip_config_from_hf(cfg: dict, path: str = "config.json") -> ModelConfig:
   tc = _sub_config(cfg, "text_config", _CLIP_TEXT, path)
   vc = _sub_config(cfg, "vision_config", _CLIP_VISION, path)
   top = {**_CLIP_TOP, **cfg}
-  _check_channels(vc, path)
   eos = tc["eos_token_id"]
   if isinstance(eos, list) and len(eos) == 1:
     eos = eos[0]
@@ -143,25 +147,8 @@ def clip_config_from_hf(cfg: dict, path: str = "config.json") -> ModelConfig:
   eot = None if eos == 2 else eos
   embed = int(top["projection_dim"])
   return T.make_config(
-      path, "clip",
-      vision=dict(
-          image_size=_square(vc["image_size"], "vision_config.image_size",
-                             path),
-          patch_size=_square(vc["patch_size"], "vision_config.patch_size",
-                             path),
-          width=int(vc["hidden_size"]), depth=int(vc["num_hidden_layers"]),
-          heads=int(vc["num_attention_heads"]),
-          mlp_dim=int(vc["intermediate_size"]), embed_dim=embed,
-          act=_act(vc["hidden_act"], "vision_config.hidden_act", path),
-          **_eps(vc["layer_norm_eps"])),
-      text=dict(
-          vocab_size=int(tc["vocab_size"]),
-          context_length=int(tc["max_position_embeddings"]),
-          width=int(tc["hidden_size"]), depth=int(tc["num_hidden_layers"]),
-          heads=int(tc["num_attention_heads"]),
-          mlp_dim=int(tc["intermediate_size"]), embed_dim=embed,
-          act=_act(tc["hidden_act"], "text_config.hidden_act", path),
-          eot_token_id=eot, **_eps(tc["layer_norm_eps"])),
+      path, "clip", vision=_tower(vc, "vision_config", path, embed),
+      text={**_tower(tc, "text_config", path, embed), "eot_token_id": eot},
       logit_scale_init=float(top["logit_scale_init_value"]))
 
 
@@ -170,7 +157,6 @@ def siglip_config_from_hf(cfg: dict, path: str = "config.json"
   """A ``ModelConfig`` from a ``SiglipModel`` config.json dict."""
   tc = _sub_config(cfg, "text_config", _SIGLIP_TEXT, path)
   vc = _sub_config(cfg, "vision_config", _SIGLIP_VISION, path)
-  _check_channels(vc, path)
   if not vc["vision_use_head"]:
     raise CheckpointError(
         f"{path}: vision_config.vision_use_head is false: the image tower has "
@@ -187,98 +173,20 @@ def siglip_config_from_hf(cfg: dict, path: str = "config.json"
         "output with the pooled image tokens, so they must match")
 
   return T.make_config(
-      path, "siglip",
-      vision=dict(
-          image_size=_square(vc["image_size"], "vision_config.image_size",
-                             path),
-          patch_size=_square(vc["patch_size"], "vision_config.patch_size",
-                             path),
-          width=width, depth=int(vc["num_hidden_layers"]),
-          heads=int(vc["num_attention_heads"]),
-          mlp_dim=int(vc["intermediate_size"]), embed_dim=width,
-          act=_act(vc["hidden_act"], "vision_config.hidden_act", path),
-          **_eps(vc["layer_norm_eps"])),
-      text=dict(
-          vocab_size=int(tc["vocab_size"]),
-          context_length=int(tc["max_position_embeddings"]),
-          width=text_width, depth=int(tc["num_hidden_layers"]),
-          heads=int(tc["num_attention_heads"]),
-          mlp_dim=int(tc["intermediate_size"]), embed_dim=proj,
-          act=_act(tc["hidden_act"], "text_config.hidden_act", path),
-          **_eps(tc["layer_norm_eps"])))
+      path, "siglip", vision=_tower(vc, "vision_config", path, width),
+      text=_tower(tc, "text_config", path, proj))
 
 
 # ----------------------------------------------------------------- weights
 
 
 def read_hf_weights(folder: str | os.PathLike) -> Tensors:
-  """All weight tensors of a HF folder, each remembered with its file.
-
-  Order of preference, as transformers: model.safetensors, the safetensors
-  index, pytorch_model.bin, its index. Other ``*.safetensors`` files in the
-  folder (e.g. ``open_clip_model.safetensors``) are never read.
-  """
-  folder = Path(folder)
-  if (folder / _WEIGHTS).is_file():
-    f = folder / _WEIGHTS
-    return Tensors(readers.read_safetensors(f), str(f))
-  if (folder / _WEIGHTS_INDEX).is_file():
-    return _read_sharded(folder, folder / _WEIGHTS_INDEX,
-                         readers.read_safetensors)
-  if (folder / _TORCH_WEIGHTS).is_file():
-    f = folder / _TORCH_WEIGHTS
-    return Tensors(readers.torch_to_numpy(readers.torch_load_weights(f), f),
-                   str(f))
-  if (folder / _TORCH_WEIGHTS_INDEX).is_file():
-    return _read_sharded(
-        folder, folder / _TORCH_WEIGHTS_INDEX,
-        lambda f: readers.torch_to_numpy(readers.torch_load_weights(f), f))
-  present = sorted(p.name for p in folder.iterdir())
-  raise CheckpointError(
-      f"{folder}: no weights found; expected {_WEIGHTS}, {_WEIGHTS_INDEX}, "
-      f"{_TORCH_WEIGHTS} or {_TORCH_WEIGHTS_INDEX}; the folder has: "
-      f"{listing(present)}")
-
-
-def _read_sharded(folder: Path, index_file: Path, read) -> Tensors:
-  index = readers.read_json(index_file)
-  weight_map = index.get("weight_map")
-  if not isinstance(weight_map, dict) or not weight_map:
-    raise CheckpointError(f"{index_file}: no 'weight_map' in the index")
-  arrays, files = {}, {}
-  for shard in sorted(set(weight_map.values())):
-    shard_path = folder / shard
-    if Path(shard).name != shard or not shard_path.is_file():
-      raise CheckpointError(
-          f"{index_file}: shard {shard!r} listed in the index is not a file "
-          f"in {folder}")
-    for key, array in read(shard_path).items():
-      if key in arrays:
-        raise CheckpointError(
-            f"{shard_path}: tensor {key!r} also appears in {files[key]}")
-      arrays[key], files[key] = array, str(shard_path)
-  for key, shard in weight_map.items():
-    if files.get(key) != str(folder / shard):
-      raise CheckpointError(
-          f"{index_file}: tensor {key!r} is listed in shard {shard!r} but is "
-          "not in that file")
-  return Tensors(arrays, files)
+  """All weight tensors of a HF folder, each remembered with its file
+  (``readers.read_hf_folder``)."""
+  return Tensors(*readers.read_hf_folder(folder))
 
 
 # -------------------------------------------------------------- conversion
-
-
-def _linear(t: Tensors, prefix: str, n_in: int, n_out: int,
-            bias: bool = True) -> dict:
-  """torch Linear weight [out, in] -> Dense kernel [in, out]."""
-  kernel = t.get(f"{prefix}.weight", (n_out, n_in)).T
-  return T.dense(kernel, t.get(f"{prefix}.bias", (n_out,))
-                      if bias else None)
-
-
-def _layer_norm(t: Tensors, prefix: str, width: int) -> dict:
-  return T.ln(t.get(f"{prefix}.weight", (width,)),
-                   t.get(f"{prefix}.bias", (width,)))
 
 
 def _encoder(t: Tensors, prefix: str, width: int, depth: int,
@@ -287,18 +195,18 @@ def _encoder(t: Tensors, prefix: str, width: int, depth: int,
   blocks = {}
   for i in range(depth):
     p = f"{prefix}.layers.{i}"
-    q, k, v = (_linear(t, f"{p}.self_attn.{n}_proj", width, width)
+    q, k, v = (T.torch_linear(t, f"{p}.self_attn.{n}_proj", width, width)
                for n in "qkv")
     blocks[f"blocks_{i}"] = {
-        "ln1": _layer_norm(t, f"{p}.layer_norm1", width),
+        "ln1": T.torch_layer_norm(t, f"{p}.layer_norm1", width),
         "attn": {
             "qkv": T.fused_qkv(q, k, v),
-            "out": _linear(t, f"{p}.self_attn.out_proj", width, width),
+            "out": T.torch_linear(t, f"{p}.self_attn.out_proj", width, width),
         },
-        "ln2": _layer_norm(t, f"{p}.layer_norm2", width),
+        "ln2": T.torch_layer_norm(t, f"{p}.layer_norm2", width),
         "mlp": {
-            "fc1": _linear(t, f"{p}.mlp.fc1", width, mlp_dim),
-            "fc2": _linear(t, f"{p}.mlp.fc2", mlp_dim, width),
+            "fc1": T.torch_linear(t, f"{p}.mlp.fc1", width, mlp_dim),
+            "fc2": T.torch_linear(t, f"{p}.mlp.fc2", mlp_dim, width),
         },
     }
   return blocks
@@ -316,7 +224,7 @@ def _text_common(t: Tensors, c: TextConfig) -> dict:
       "pos_embed": t.get("text_model.embeddings.position_embedding.weight",
                          (c.context_length, c.width)),
       **_encoder(t, "text_model.encoder", c.width, c.depth, c.mlp_dim),
-      "ln_final": _layer_norm(t, "text_model.final_layer_norm", c.width),
+      "ln_final": T.torch_layer_norm(t, "text_model.final_layer_norm", c.width),
   }
 
 
@@ -331,15 +239,16 @@ def clip_params_from_hf(t: Tensors, config: ModelConfig) -> dict:
                          (v.width,)),
       "pos_embed": t.get("vision_model.embeddings.position_embedding.weight",
                          (v.num_tokens, v.width)),
-      "ln_pre": _layer_norm(t, "vision_model.pre_layrnorm", v.width),
+      "ln_pre": T.torch_layer_norm(t, "vision_model.pre_layrnorm", v.width),
       **_encoder(t, "vision_model.encoder", v.width, v.depth, v.mlp_dim),
-      "ln_post": _layer_norm(t, "vision_model.post_layernorm", v.width),
-      "proj": _linear(t, "visual_projection", v.width, v.embed_dim,
-                      bias=False),
+      "ln_post": T.torch_layer_norm(t, "vision_model.post_layernorm", v.width),
+      "proj": T.torch_linear(t, "visual_projection", v.width, v.embed_dim,
+                             bias=False),
   }
   txt = {
       **_text_common(t, x),
-      "proj": _linear(t, "text_projection", x.width, x.embed_dim, bias=False),
+      "proj": T.torch_linear(t, "text_projection", x.width, x.embed_dim,
+                             bias=False),
   }
   return {"img": img, "txt": txt, "logit_scale": t.scalar("logit_scale")}
 
@@ -361,25 +270,25 @@ def siglip_params_from_hf(t: Tensors, config: ModelConfig) -> dict:
       "pos_embed": t.get("vision_model.embeddings.position_embedding.weight",
                          (v.num_tokens, w)),
       **_encoder(t, "vision_model.encoder", w, v.depth, v.mlp_dim),
-      "ln_post": _layer_norm(t, "vision_model.post_layernorm", w),
+      "ln_post": T.torch_layer_norm(t, "vision_model.post_layernorm", w),
       "map_head": {
           "probe": t.get(f"{head}.probe", (1, 1, w)).reshape(w),
           "attn": {
               # nn.MultiheadAttention packs q|k|v as rows of [3W, W]: the
               # transpose is our fused [W, 3W] with columns q|k|v.
               "qkv": T.dense(in_w.T, in_b),
-              "out": _linear(t, f"{head}.attention.out_proj", w, w),
+              "out": T.torch_linear(t, f"{head}.attention.out_proj", w, w),
           },
-          "ln": _layer_norm(t, f"{head}.layernorm", w),
+          "ln": T.torch_layer_norm(t, f"{head}.layernorm", w),
           "mlp": {
-              "fc1": _linear(t, f"{head}.mlp.fc1", w, v.mlp_dim),
-              "fc2": _linear(t, f"{head}.mlp.fc2", v.mlp_dim, w),
+              "fc1": T.torch_linear(t, f"{head}.mlp.fc1", w, v.mlp_dim),
+              "fc2": T.torch_linear(t, f"{head}.mlp.fc2", v.mlp_dim, w),
           },
       },
   }
   txt = {
       **_text_common(t, x),
-      "proj": _linear(t, "text_model.head", x.width, x.embed_dim),
+      "proj": T.torch_linear(t, "text_model.head", x.width, x.embed_dim),
   }
   return {"img": img, "txt": txt, "logit_scale": t.scalar("logit_scale"),
           "logit_bias": t.scalar("logit_bias")}

@@ -30,7 +30,6 @@ supported.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Collection
 
 import numpy as np
@@ -51,20 +50,6 @@ def matches(keys: Collection[str]) -> bool:
   return "visual.conv1.weight" in keys and "token_embedding.weight" in keys
 
 
-def _count_blocks(t: Tensors, prefix: str, path: str) -> int:
-  pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
-  found = {int(m.group(1)) for k in t.keys() if (m := pattern.match(k))}
-  if not found:
-    raise CheckpointError(f"{path}: no transformer blocks under {prefix!r}")
-  depth = max(found) + 1
-  if found != set(range(depth)):
-    missing = sorted(set(range(depth)) - found)
-    raise CheckpointError(
-        f"{path}: blocks under {prefix!r} are not contiguous: missing "
-        f"{prefix}.{missing[0]}")
-  return depth
-
-
 def _heads(width: int, field: str, path: str) -> int:
   if width % _HEAD_WIDTH:
     raise CheckpointError(
@@ -73,35 +58,28 @@ def _heads(width: int, field: str, path: str) -> int:
   return width // _HEAD_WIDTH
 
 
-def _linear(t: Tensors, prefix: str, n_in: int, n_out: int) -> dict:
-  return T.dense(t.get(f"{prefix}.weight", (n_out, n_in)).T,
-                      t.get(f"{prefix}.bias", (n_out,)))
-
-
-def _ln(t: Tensors, prefix: str, width: int) -> dict:
-  return T.ln(t.get(f"{prefix}.weight", (width,)),
-                   t.get(f"{prefix}.bias", (width,)))
-
-
-def _blocks(t: Tensors, prefix: str, depth: int, width: int, mlp_dim: int
-            ) -> dict:
+def resblocks(t: Tensors, prefix: str, depth: int, width: int, mlp_dim: int
+              ) -> dict:
+  """``{prefix}.{i}`` OpenAI residual blocks (ln_1, attn with packed
+  in_proj, ln_2, mlp c_fc / c_proj; PE-Core uses the same names) -> our
+  ``blocks_{i}`` dicts."""
   blocks = {}
   for i in range(depth):
     p = f"{prefix}.{i}"
     blocks[f"blocks_{i}"] = {
-        "ln1": _ln(t, f"{p}.ln_1", width),
+        "ln1": T.torch_layer_norm(t, f"{p}.ln_1", width),
         "attn": {
             # in_proj_weight rows are q | k | v: its transpose is our fused
             # [W, 3W] kernel with columns q | k | v.
             "qkv": T.dense(
                 t.get(f"{p}.attn.in_proj_weight", (3 * width, width)).T,
                 t.get(f"{p}.attn.in_proj_bias", (3 * width,))),
-            "out": _linear(t, f"{p}.attn.out_proj", width, width),
+            "out": T.torch_linear(t, f"{p}.attn.out_proj", width, width),
         },
-        "ln2": _ln(t, f"{p}.ln_2", width),
+        "ln2": T.torch_layer_norm(t, f"{p}.ln_2", width),
         "mlp": {
-            "fc1": _linear(t, f"{p}.mlp.c_fc", width, mlp_dim),
-            "fc2": _linear(t, f"{p}.mlp.c_proj", mlp_dim, width),
+            "fc1": T.torch_linear(t, f"{p}.mlp.c_fc", width, mlp_dim),
+            "fc2": T.torch_linear(t, f"{p}.mlp.c_proj", mlp_dim, width),
         },
     }
   return blocks
@@ -138,14 +116,14 @@ def convert_openai(arrays: dict[str, np.ndarray], path: str
     raise CheckpointError(
         f"{path}: visual.positional_embedding has shape {list(pshape)}; "
         f"expected [g*g + 1, {width}] (patch grid plus class token)")
-  depth = _count_blocks(t, "visual.transformer.resblocks", path)
+  depth = T.count_blocks(t, "visual.transformer.resblocks.", ".", path)
   mlp_dim = t.shape("visual.transformer.resblocks.0.mlp.c_fc.weight",
                     "the MLP width")[0]
   embed = t.shape("visual.proj", "the embedding width")[-1]
 
   vocab, text_width = t.shape("token_embedding.weight")
   context = t.shape("positional_embedding", "the context length")[0]
-  text_depth = _count_blocks(t, "transformer.resblocks", path)
+  text_depth = T.count_blocks(t, "transformer.resblocks.", ".", path)
   text_mlp = t.shape("transformer.resblocks.0.mlp.c_fc.weight",
                      "the MLP width")[0]
 
@@ -178,17 +156,17 @@ def convert_openai(arrays: dict[str, np.ndarray], path: str
       "cls_token": t.get("visual.class_embedding", (width,)),
       "pos_embed": t.get("visual.positional_embedding",
                          (grid * grid + 1, width)),
-      "ln_pre": _ln(t, "visual.ln_pre", width),
-      **_blocks(t, "visual.transformer.resblocks", depth, width, mlp_dim),
-      "ln_post": _ln(t, "visual.ln_post", width),
+      "ln_pre": T.torch_layer_norm(t, "visual.ln_pre", width),
+      **resblocks(t, "visual.transformer.resblocks", depth, width, mlp_dim),
+      "ln_post": T.torch_layer_norm(t, "visual.ln_post", width),
       # OpenAI multiplies x @ proj: already [in, out].
       "proj": {"kernel": t.get("visual.proj", (width, embed))},
   }
   txt = {
       "token_embed": t.get("token_embedding.weight", (vocab, text_width)),
       "pos_embed": t.get("positional_embedding", (context, text_width)),
-      **_blocks(t, "transformer.resblocks", text_depth, text_width, text_mlp),
-      "ln_final": _ln(t, "ln_final", text_width),
+      **resblocks(t, "transformer.resblocks", text_depth, text_width, text_mlp),
+      "ln_final": T.torch_layer_norm(t, "ln_final", text_width),
       "proj": {"kernel": t.get("text_projection", (text_width, embed))},
   }
   logit_scale = t.scalar("logit_scale")

@@ -20,6 +20,7 @@ import warnings
 import zipfile
 import zlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 # safetensors' numpy backend builds bfloat16 arrays with
@@ -30,7 +31,7 @@ import ml_dtypes
 import numpy as np
 import safetensors
 
-from jaxfsl.checkpoints.errors import CheckpointError, first_line
+from jaxfsl.checkpoints.errors import CheckpointError, first_line, listing
 
 PathLike = str | os.PathLike
 
@@ -106,6 +107,58 @@ def read_json(path: PathLike) -> dict:
   if not isinstance(data, dict):
     raise CheckpointError(f"{path}: expected a JSON object")
   return data
+
+
+def read_hf_folder(folder: PathLike
+                   ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+  """The weights of a Hugging Face folder: ({name: array}, {name: file}).
+
+  Order of preference, as transformers: model.safetensors, its sharded
+  index, pytorch_model.bin, its index. Other ``*.safetensors`` files in the
+  folder (e.g. ``open_clip_model.safetensors``) are never read.
+
+  Raises:
+    CheckpointError: no weights; an index naming a missing shard, a tensor
+      in two shards, or a tensor not in the shard the index says.
+  """
+  folder = Path(folder)
+  for name, read in _HF_WEIGHTS:
+    if (folder / name).is_file():
+      arrays = read(folder / name)
+      return arrays, dict.fromkeys(arrays, str(folder / name))
+  for name, read in _HF_INDEXES:
+    if (folder / name).is_file():
+      return _read_sharded(folder, folder / name, read)
+  present = sorted(p.name for p in folder.iterdir())
+  expected = [n for n, _ in _HF_WEIGHTS + _HF_INDEXES]
+  raise CheckpointError(
+      f"{folder}: no weights found; expected {', '.join(expected)}; the "
+      f"folder has: {listing(present)}")
+
+
+def _read_sharded(folder: Path, index_file: Path, read):
+  index = read_json(index_file)
+  weight_map = index.get("weight_map")
+  if not isinstance(weight_map, dict) or not weight_map:
+    raise CheckpointError(f"{index_file}: no 'weight_map' in the index")
+  arrays, files = {}, {}
+  for shard in sorted(set(weight_map.values())):
+    shard_path = folder / shard
+    if Path(shard).name != shard or not shard_path.is_file():
+      raise CheckpointError(
+          f"{index_file}: shard {shard!r} listed in the index is not a file "
+          f"in {folder}")
+    for key, array in read(shard_path).items():
+      if key in arrays:
+        raise CheckpointError(
+            f"{shard_path}: tensor {key!r} also appears in {files[key]}")
+      arrays[key], files[key] = array, str(shard_path)
+  for key, shard in weight_map.items():
+    if files.get(key) != str(folder / shard):
+      raise CheckpointError(
+          f"{index_file}: tensor {key!r} is listed in shard {shard!r} but is "
+          "not in that file")
+  return arrays, files
 
 
 # --------------------------------------------------------------- PyTorch
@@ -244,3 +297,15 @@ def torch_to_numpy(tree: Any, path: PathLike) -> dict[str, np.ndarray]:
       raise CheckpointError(
           f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor")
   return out
+
+
+def _read_torch_weights(path: PathLike) -> dict[str, np.ndarray]:
+  return torch_to_numpy(torch_load_weights(path), path)
+
+
+# A Hugging Face folder's weight files and sharded indexes, in transformers'
+# order of preference, with their readers.
+_HF_WEIGHTS = (("model.safetensors", read_safetensors),
+               ("pytorch_model.bin", _read_torch_weights))
+_HF_INDEXES = (("model.safetensors.index.json", read_safetensors),
+               ("pytorch_model.bin.index.json", _read_torch_weights))

@@ -11,6 +11,7 @@ init and attaches the family's preprocessing and tokenizer.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -177,6 +178,39 @@ def fused_qkv(q: dict, k: dict, v: dict) -> dict:
       "kernel": np.concatenate([q["kernel"], k["kernel"], v["kernel"]], 1),
       "bias": np.concatenate([q["bias"], k["bias"], v["bias"]], 0),
   }
+
+
+def torch_linear(t: Tensors, prefix: str, n_in: int, n_out: int,
+                 bias: bool = True) -> dict:
+  """torch ``Linear`` ``{prefix}.weight`` [out, in] (+ ``.bias``) -> Dense."""
+  kernel = t.get(f"{prefix}.weight", (n_out, n_in)).T
+  return dense(kernel, t.get(f"{prefix}.bias", (n_out,)) if bias else None)
+
+
+def torch_layer_norm(t: Tensors, prefix: str, width: int) -> dict:
+  """torch ``LayerNorm`` ``{prefix}.weight`` / ``.bias`` [W] -> LayerNorm."""
+  return ln(t.get(f"{prefix}.weight", (width,)),
+            t.get(f"{prefix}.bias", (width,)))
+
+
+def count_blocks(t: Tensors, prefix: str, sep: str, path: PathLike) -> int:
+  """Depth of blocks named ``{prefix}{i}{sep}...``, which must be 0..depth-1.
+
+  Raises:
+    CheckpointError: no such block, or a gap (the first missing one named).
+  """
+  pattern = re.compile(re.escape(prefix) + r"(\d+)" + re.escape(sep))
+  found = {int(m.group(1)) for k in t.keys() if (m := pattern.match(k))}
+  if not found:
+    raise CheckpointError(
+        f"{path}: no transformer blocks {prefix}0{sep}... in the checkpoint")
+  depth = max(found) + 1
+  missing = sorted(set(range(depth)) - found)
+  if missing:
+    raise CheckpointError(
+        f"{path}: blocks {prefix}N are not contiguous: missing "
+        f"{prefix}{missing[0]} (of 0..{depth - 1})")
+  return depth
 
 
 def expected_shapes(config: ModelConfig) -> dict[tuple[str, ...], tuple]:
