@@ -575,3 +575,54 @@ def test_encode_text_accepts_str():
       one, model.encode_text(["a photo of a cat."]))
   with pytest.raises(TypeError, match="integers"):
     model.encode_text(np.zeros((1, 48), np.float32))
+
+
+# ------------------------------------------------- families and layouts
+
+
+def test_families_registry_and_flags():
+  from jaxfsl.models import PRESETS, families
+  assert set(families.FAMILIES) >= {"clip", "siglip"}
+  with pytest.raises(ValueError, match=r"unknown model family 'nope'.*clip"):
+    families.get("nope")
+  for name, config in PRESETS.items():
+    assert config.family in families.FAMILIES, name
+  clip = families.get("clip")
+  config = clip.config(
+      vision=dict(image_size=32, patch_size=16, width=64, depth=1, heads=2,
+                  mlp_dim=128, embed_dim=16),
+      text=dict(vocab_size=300, context_length=8, width=32, depth=1, heads=2,
+                mlp_dim=64, embed_dim=16, eot_token_id=7))
+  # The family supplies every flag the caller did not state.
+  assert (config.vision.act, config.vision.pool, config.vision.pre_norm,
+          config.vision.norm_eps) == ("quick_gelu", "cls", True, 1e-5)
+  assert (config.text.causal, config.text.pool,
+          config.text.eot_token_id) == (True, "eot", 7)
+  siglip = families.get("siglip").preprocessing(32)
+  assert siglip.mean == SIGLIP_MEAN and siglip.image_size == 32
+
+
+def test_layout_registry_hook(tmp_path, monkeypatch, openai_clip):
+  """A new single-file layout is one Layout entry in LAYOUTS, tried before
+  the more general layout of its file kind."""
+  import jaxfsl.checkpoints as ckpt
+  from jaxfsl.checkpoints import openai as openai_layout
+  seen = []
+
+  def convert(arrays, path):
+    seen.append(path)
+    return openai_layout.convert_openai(
+        {k.removeprefix("fake."): v for k, v in arrays.items()}, path)
+
+  fake = ckpt.Layout("fake", "torch",
+                     lambda keys: any(k.startswith("fake.") for k in keys),
+                     convert)
+  monkeypatch.setattr(ckpt, "LAYOUTS", (fake, *ckpt.LAYOUTS))
+  state = ref.clip_to_openai(openai_clip)
+  torch.save({f"fake.{k}": v for k, v in state.items()}, tmp_path / "f.pt")
+  torch.save(state, tmp_path / "plain.pt")
+  model = load_model(tmp_path / "f.pt")
+  assert seen == [str(tmp_path / "f.pt")]
+  plain = load_model(tmp_path / "plain.pt")  # still the OpenAI layout
+  assert seen == [str(tmp_path / "f.pt")]
+  jax.tree.map(np.testing.assert_array_equal, model.params, plain.params)
