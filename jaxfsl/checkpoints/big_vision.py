@@ -1,4 +1,4 @@
-"""big_vision SigLIP ``.npz`` checkpoints -> ``Model``.
+"""big_vision SigLIP ``.npz`` checkpoints: the "big_vision" layout.
 
 big_vision saves a two-tower model as one ``np.savez`` whose keys are the
 flattened Flax param paths joined with "/", usually under ``params/`` (or

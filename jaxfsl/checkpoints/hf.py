@@ -9,7 +9,9 @@ Gemma ``tokenizer.json``), weights in ``model.safetensors``, sharded
 
 The architecture comes from config.json, read as plain JSON with the defaults
 of transformers' config classes (transformers is not needed at run time), and
-every tensor shape is checked against it. Behaviour matched (transformers 5.x,
+every tensor shape is checked against it; the flags a config.json does not
+state come from the family (``jaxfsl.models.families``). Another HF
+architecture is one ``MODEL_TYPES`` entry. Behaviour matched (transformers 5.x,
 ``models/clip/modeling_clip.py``, ``models/siglip/modeling_siglip.py``):
 
 * CLIP text pooling: first position of ``eos_token_id``, except the legacy

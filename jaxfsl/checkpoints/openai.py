@@ -1,4 +1,4 @@
-"""OpenAI CLIP ``.pt`` checkpoints (ViT models) -> ``Model``.
+"""OpenAI CLIP ``.pt`` checkpoints (ViT models): the "openai" layout.
 
 Layout of OpenAI's ``clip/model.py`` state dict (W vision width, Wt text
 width, E embedding width):
