@@ -1,9 +1,9 @@
 """Architecture descriptions of the two-tower models jaxfsl supports.
 
 These frozen dataclasses are the single source of truth for shapes: the Flax
-modules are built from them, the checkpoint loaders produce them from a
-checkpoint's own metadata, and ``build`` turns them into random-init models for
-tests and the demo.
+modules are built from them. They are generic; what is fixed per model family
+(flags, presets) lives in ``jaxfsl.models.families``, whose ``Family.config``
+the checkpoint loaders call with the sizes read from a checkpoint.
 
 Parameter tree produced by ``jaxfsl.models.two_towers.TwoTowers`` (float32):
 
