@@ -626,3 +626,25 @@ def test_layout_registry_hook(tmp_path, monkeypatch, openai_clip):
   plain = load_model(tmp_path / "plain.pt")  # still the OpenAI layout
   assert seen == [str(tmp_path / "f.pt")]
   jax.tree.map(np.testing.assert_array_equal, model.params, plain.params)
+
+
+def test_path_loader_hook(tmp_path, monkeypatch, clip_folder):
+  """A loader owning whole paths (e.g. a folder with its own config file) is
+  one PathLoader entry; load_model's **options reach it."""
+  import jaxfsl.checkpoints as ckpt
+  calls = []
+
+  def load(path, tokenizer=None, dtype=None, **options):
+    calls.append((path, options))
+    return ckpt.load_hf(path / "inner", tokenizer=tokenizer, dtype=dtype)
+
+  own = tmp_path / "own"
+  shutil.copytree(clip_folder, own / "inner")
+  (own / "own_config.json").write_text("{}")
+  monkeypatch.setattr(ckpt, "PATH_LOADERS", (ckpt.PathLoader(
+      "own", lambda p: (p / "own_config.json").is_file(), load),))
+  model = load_model(own, heads=3)
+  assert calls == [(own, {"heads": 3})]
+  assert model.config.family == "clip"
+  with pytest.raises(TypeError, match=r"options \['heads'\].*\['own'\]"):
+    load_model(clip_folder, heads=3)

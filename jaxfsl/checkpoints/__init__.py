@@ -11,12 +11,21 @@
 Single files are then mapped by the first entry of ``LAYOUTS`` of that file
 kind whose ``matches`` accepts the tensor names (big_vision SigLIP for npz,
 OpenAI CLIP for torch); when none does, the kind's last layout converts and
-says what it expected. A layout module provides ``matches(keys) -> bool`` and
-``convert(arrays, path) -> (ModelConfig, params)``; adding one (say a PE-Core
-``.pt``) is one ``Layout(...)`` line in ``LAYOUTS``, placed before a more
-general layout of the same kind. Every loader ends in
-``tensors.finalize``, which builds the Model with the family's
-preprocessing and tokenizer kind (``jaxfsl.models.families``).
+says what it expected. Every loader ends in ``tensors.finalize``, which
+builds the Model with the family's preprocessing and tokenizer kind
+(``jaxfsl.models.families``).
+
+Two registration points, one line each:
+
+* ``LAYOUTS``: a layout module providing ``matches(keys) -> bool`` and
+  ``convert(arrays, path) -> (ModelConfig, params)`` for a file kind jaxfsl
+  already reads (an ``.npz``, a torch file), placed before a more general
+  layout of the same kind;
+* ``PATH_LOADERS``: a loader that recognises a path itself
+  (``detect(path)``, e.g. a folder with its own config file) and loads it
+  (``load(path, tokenizer=, dtype=, **options) -> Model``, ending in
+  ``tensors.finalize``); tried first, in order. ``load_model``'s
+  ``**options`` go to it.
 
 Nothing is ever unpickled beyond what ``torch.load(weights_only=True)``
 allows; every problem is a ``CheckpointError`` (a ValueError) naming the file
@@ -28,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
@@ -47,7 +57,8 @@ from jaxfsl.models.model import Model
 from jaxfsl.paths import user_path
 
 __all__ = [
-    "CheckpointError", "CheckpointWarning", "LAYOUTS", "Layout", "load_model",
+    "CheckpointError", "CheckpointWarning", "LAYOUTS", "Layout",
+    "PATH_LOADERS", "PathLoader", "load_model",
     "load_hf", "clip_config_from_hf", "siglip_config_from_hf",
     "read_safetensors", "detect_format",
 ]
@@ -78,6 +89,25 @@ LAYOUTS: tuple[Layout, ...] = (
            big_vision.convert_big_vision),
     Layout("openai", "torch", openai.matches, openai.convert_openai),
 )
+
+@dataclasses.dataclass(frozen=True)
+class PathLoader:
+  """A loader that claims whole paths (tried before ``detect_format``).
+
+  Attributes:
+    name: for messages.
+    detect: path (``~`` expanded) -> truthy when this loader claims it; must
+      be cheap (names, small JSON) and never raise for foreign paths.
+    load: (path, tokenizer=..., dtype=..., **options) -> Model.
+  """
+
+  name: str
+  detect: Callable[[Path], Any]
+  load: Callable[..., Model]
+
+
+# Loaders of whole paths, tried in order before the built-in file kinds.
+PATH_LOADERS: tuple[PathLoader, ...] = ()
 
 READERS: dict[str, Callable[[str], dict[str, np.ndarray]]] = {
     "npz": readers.read_npz,
@@ -132,7 +162,7 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 def load_model(path: str | os.PathLike, tokenizer: TokenizerArg = None,
-               dtype: Any = jnp.float32) -> Model:
+               dtype: Any = jnp.float32, **options: Any) -> Model:
   """Loads a CLIP / SigLIP checkpoint as a ``Model``.
 
   Args:
@@ -143,6 +173,7 @@ def load_model(path: str | os.PathLike, tokenizer: TokenizerArg = None,
       (spiece.model, tokenizer.json, vocab.json + merges.txt; ``~``
       expanded), or a callable list[str] -> int32 [N, L].
     dtype: compute dtype of the matmuls; parameters stay float32.
+    **options: settings of the ``PATH_LOADERS`` entry that claims ``path``.
 
   Returns:
     The Model, its config derived from the checkpoint's own metadata and
@@ -152,8 +183,17 @@ def load_model(path: str | os.PathLike, tokenizer: TokenizerArg = None,
     FileNotFoundError: ``path`` or a tokenizer path does not exist.
     CheckpointError: anything wrong with the checkpoint (names the file, the
       tensor(s) and what was expected).
+    TypeError: ``options`` for a path no ``PATH_LOADERS`` entry claims.
   """
   path = user_path(path)
+  for loader in PATH_LOADERS:
+    if loader.detect(path):
+      return loader.load(path, tokenizer=tokenizer, dtype=dtype, **options)
+  if options:
+    raise TypeError(
+        f"{path}: options {sorted(options)} are not understood by the loader "
+        f"of this checkpoint; they apply to: "
+        f"{[loader.name for loader in PATH_LOADERS] or 'no loader'}")
   kind = detect_format(path)
   if kind == "hf":
     return load_hf(path, tokenizer=tokenizer, dtype=dtype)
