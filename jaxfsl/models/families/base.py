@@ -33,6 +33,9 @@ class Family:
     tokenizer: the ``family`` argument of ``jaxfsl.tokenizers.from_pretrained``
       (which files to look for and how to call them).
     presets: named random-init configs for ``jaxfsl.build`` and benchmarks.
+    vision_config, text_config: the tower config classes ``config`` builds
+      (a family with its own tower, e.g. PE-Core's RoPE ViT, names its
+      subclass or own dataclass here).
   """
 
   name: str
@@ -45,6 +48,8 @@ class Family:
   resample: str
   tokenizer: str
   presets: Mapping[str, ModelConfig] = dataclasses.field(default_factory=dict)
+  vision_config: type = VisionConfig
+  text_config: type = TextConfig
 
   def config(self, vision: Mapping[str, Any], text: Mapping[str, Any],
              **top: Any) -> ModelConfig:
@@ -63,8 +68,8 @@ class Family:
     """
     return ModelConfig(
         family=self.name,
-        vision=VisionConfig(**{**self.vision, **vision}),
-        text=TextConfig(**{**self.text, **text}),
+        vision=self.vision_config(**{**self.vision, **vision}),
+        text=self.text_config(**{**self.text, **text}),
         logit_scale_init=top.pop("logit_scale_init", self.logit_scale_init),
         logit_bias_init=top.pop("logit_bias_init", self.logit_bias_init),
         **top)
