@@ -214,7 +214,8 @@ def test_isic_errors_name_file_and_row(tmp_path):
   rows = list(csv.DictReader(report.read_text().splitlines()[1:],
                              delimiter="\t"))
   assert [(r["kind"], r["row"]) for r in rows] == [
-      ("bad", "16"), ("bad", "17"), ("bad", "18")]
+      ("bad", "16"), ("bad", "17"), ("bad", "18"), ("ignored", "")]
+  assert rows[-1]["file"].endswith("LICENSE.txt")
 
 
 def test_isic_truncated_image_stops_build(tmp_path):

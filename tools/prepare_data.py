@@ -7,9 +7,13 @@ r"""Builds one dataset for jaxfsl from its manual download (no network).
   python tools/prepare_data.py --dataset image_folder --manual_dir ~/my_data \
       --data_dir ~/jaxfsl_data --name my_data --class_names_json names.json
 
-Prints a summary (images per class, skipped and ignored files); with
---skip_corrupt the skipped inputs are also written to skip_report.tsv beside
-the dataset. Exit status 1 with a message naming the file / row on bad input.
+Prints a summary (images per class, skipped, ignored and converted files);
+skipped and ignored inputs are also written to skip_report.tsv beside the
+dataset. On bad inputs (without --skip_corrupt) every one of them is checked:
+exit status 1 with their count, the first few (file / CSV row / reason) and
+bad_inputs.tsv listing them all. Preparing a dataset again from a changed
+source (other folder, files added or changed) is refused with the
+differences; --overwrite rebuilds it. Paths may start with ~ or use $VARS.
 """
 
 from __future__ import annotations
@@ -38,9 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  "$JAXFSL_DATA_DIR or ~/jaxfsl_data)")
   p.add_argument("--skip_corrupt", action="store_true",
                  help="skip bad inputs and list them in a report instead of "
-                 "stopping at the first one")
+                 "failing")
   p.add_argument("--overwrite", action="store_true",
-                 help="rebuild even if already prepared")
+                 help="rebuild even if already prepared (needed when the "
+                 "source changed since)")
   p.add_argument("--num_workers", type=int, default=None,
                  help="image decoding threads (default: min(8, CPUs))")
   p.add_argument("--no_progress", action="store_true",

@@ -8,13 +8,15 @@ Build once (no network; raw data downloaded by hand into ``manual_dir``):
 then, in the main job:
 
     ds = jaxfsl.data.load_dataset("eurosat", "~/jaxfsl_data")
-    sampler = jaxfsl.data.EpisodeSampler(ds, way=5, shot=1, query=15, seed=0)
+    sampler = jaxfsl.data.EpisodeSampler(ds, way=5, shot=1, query=15, seed=0,
+                                         image_size=model.image_size)
     for batch in jaxfsl.data.iterate_batches(sampler, range(800), 4):
       ...  # uint8 pixels; normalise on device with the checkpoint's mean/std
 
 Modules: ``sources`` (raw layouts), ``builders`` (TFDS builders), ``prepare``
 (build + report), ``dataset`` (loading), ``episodes`` (sampler), ``augment``
-(views, normalize), ``pipeline`` (threaded batches), ``synthetic``.
+(views, normalize), ``pipeline`` (grain-based batches), ``images`` (reading
+raw images), ``provenance`` (what a dataset was built from), ``synthetic``.
 """
 
 from jaxfsl.data.augment import normalize

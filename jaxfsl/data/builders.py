@@ -62,14 +62,17 @@ MAX_LISTED = 10  # Bad inputs shown in an error message (all in the report).
 
 
 def bad_inputs_message(problems: Sequence[Problem], csv_name: str | None,
-                       root: Path | str,
-                       report_path: Path | None = None) -> str:
+                       root: Path | str, report_path: Path | None = None,
+                       num_ignored: int = 0) -> str:
   """The error text for bad inputs: count, the first ``MAX_LISTED``, the
   report holding them all, then the ``--skip_corrupt`` hint."""
   lines = [f"{len(problems)} bad input(s) in {root}:"]
   lines += ["  " + p.describe(csv_name) for p in problems[:MAX_LISTED]]
   if len(problems) > MAX_LISTED:
     lines.append(f"  ... and {len(problems) - MAX_LISTED} more.")
+  if num_ignored:
+    lines.append(f"({num_ignored} other file(s) ignored: hidden files such "
+                 "as macOS '._*', non-image files, files no CSV row names.)")
   if report_path is not None:
     lines.append(f"All of them are listed in {report_path}.")
   lines.append(SKIP_HINT)
@@ -77,15 +80,17 @@ def bad_inputs_message(problems: Sequence[Problem], csv_name: str | None,
 
 
 def bad_inputs_error(problems: Sequence[Problem], csv_name: str | None,
-                     root: Path | str,
-                     report_path: Path | None = None) -> CorruptInputError:
+                     root: Path | str, report_path: Path | None = None,
+                     ignored: Sequence[Problem] = ()) -> CorruptInputError:
   """``CorruptInputError`` for ``problems`` (non-empty); its ``file``, ``row``
-  and ``reason`` are the first one's."""
+  and ``reason`` are the first one's; ``ignored`` files are counted."""
   first = problems[0]
-  return CorruptInputError(
-      bad_inputs_message(problems, csv_name, root, report_path),
+  error = CorruptInputError(
+      bad_inputs_message(problems, csv_name, root, report_path, len(ignored)),
       file=first.file, row=first.row, reason=first.reason, problems=problems,
       report_path=report_path, csv_name=csv_name, root=str(root))
+  error.ignored = list(ignored)
+  return error
 
 CHESTX_INSTRUCTIONS = """\
 ChestX-ray14 (NIH Clinical Center): https://nihcc.app.box.com/v/ChestXray-NIHCC
@@ -215,6 +220,14 @@ class CdfslBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     listing = self.list_sources(self._manual_dir(dl_manager))
+    if listing.csv_name is not None:
+      # Class folders report their own emptiness; a CSV can leave a class
+      # without any row, which would only fail later in the episode sampler.
+      present = {item.label for item in listing.items}
+      listing.problems += [
+          Problem(listing.csv_name, None,
+                  f"empty class: no usable row of class {name!r}")
+          for c, name in enumerate(self.class_names()) if c not in present]
     return {"train": self._generate_examples(listing)}
 
   def _generate_examples(self, listing: SourceListing
@@ -241,7 +254,8 @@ class CdfslBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       labels.append(item.label)
       files.append(item.file)
     if bad and not self._skip_corrupt:
-      raise bad_inputs_error(bad, listing.csv_name, listing.root)
+      raise bad_inputs_error(bad, listing.csv_name, listing.root,
+                             ignored=listing.ignored)
     if not labels:
       raise DataError(
           f"No usable example in {listing.root} ({len(bad)} skipped); "

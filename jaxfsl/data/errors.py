@@ -39,6 +39,8 @@ class CorruptInputError(DataError):
     report_path: the report listing them all, or None.
     csv_name: the CSV file ``row`` refers to, or None.
     root: the folder the inputs were read from.
+    ignored: files that are not part of the dataset (hidden, non-image),
+      listed in the report too.
   """
 
   def __init__(self, message: str, *, file: str = "", row: int | None = None,
@@ -53,6 +55,7 @@ class CorruptInputError(DataError):
     self.report_path = report_path
     self.csv_name = csv_name
     self.root = root
+    self.ignored: list[Any] = []  # Files ignored on the way (not bad).
 
 
 class StaleDatasetError(DataError):

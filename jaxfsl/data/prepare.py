@@ -324,9 +324,10 @@ def _build(builder: builders.CdfslBuilder, manual_dir: Path | None,
       raise
     path = Path(builder.data_dir).parent / BAD_INPUTS_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_tsv(path, [("bad", p.to_json()) for p in e.problems], e.csv_name)
-    raise builders.bad_inputs_error(e.problems, e.csv_name, e.root,
-                                    path) from e.__cause__
+    _write_tsv(path, [("bad", p.to_json()) for p in e.problems] +
+               [("ignored", p.to_json()) for p in e.ignored], e.csv_name)
+    raise builders.bad_inputs_error(e.problems, e.csv_name, e.root, path,
+                                    e.ignored) from e.__cause__
 
 
 def _check_same_source(target: Path, record: dict[str, Any]) -> None:
