@@ -222,7 +222,18 @@ def make_builder(
       raise ValueError(f"--name / --class_names_json only apply to "
                        f"image_folder and synthetic, not {name!r}.")
   kwargs["source_record"] = provenance.source_record(manual, options)
-  return cls(**kwargs)
+  absl_logger = logging.getLogger("absl")
+  absl_logger.addFilter(_quiet_custom_config)
+  try:
+    return cls(**kwargs)
+  finally:
+    absl_logger.removeFilter(_quiet_custom_config)
+
+
+def _quiet_custom_config(record: logging.LogRecord) -> bool:
+  # TFDS warns "Using custom data configuration: <the whole config>" for
+  # every image_folder / synthetic dataset: that is how they work.
+  return not str(record.msg).startswith("Using custom data configuration")
 
 
 def prepare_dataset(
