@@ -1,13 +1,11 @@
-"""Reading the user's manual downloads: class lists, CSV files, image files.
+"""Reading the user's manual downloads: class folders and CSV files.
 
 This module knows the on-disk layout of each raw dataset and turns it into a
 list of ``SourceItem`` (file, label, CSV row) plus the problems found on the
-way. It does not depend on TFDS so that it can be tested and reused alone; the
-TFDS builders in ``jaxfsl.data.builders`` call it.
-
-Class names follow METHOD.md exactly: ``class_names`` are the raw names (CSV
-label / folder name, the TFDS ``ClassLabel`` names) and ``prompt_names`` are
-the names put in "a photo of a {}." (the release replaces ``_`` by a space).
+way (bad rows, empty classes) and the files ignored (hidden, non-image). It
+does not depend on TFDS so that it can be tested and reused alone; the TFDS
+builders in ``jaxfsl.data.builders`` call it. Class names live in
+``jaxfsl.data.classes``, image decoding in ``jaxfsl.data.images``.
 """
 
 from __future__ import annotations
@@ -21,6 +19,16 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxfsl.data.classes import (  # noqa: F401 - re-exported.
+    CHESTX_ALL_LABELS,
+    CHESTX_CLASSES,
+    CROP_DISEASE_CLASSES,
+    EUROSAT_CLASSES,
+    EUROSAT_PROMPTS,
+    ISIC_CLASSES,
+    ISIC_PROMPTS,
+    prompt_name,
+)
 from jaxfsl.data.errors import CorruptInputError, ManualDataError
 from jaxfsl.data.images import (  # noqa: F401 - re-exported.
     CHESTX_IMAGE_SIZE,
@@ -30,90 +38,20 @@ from jaxfsl.data.images import (  # noqa: F401 - re-exported.
 from jaxfsl.paths import user_path
 
 # ----------------------------------------------------------------------------
-# Class names (METHOD.md).
+# File names and kinds.
 # ----------------------------------------------------------------------------
 
-CHESTX_CLASSES = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass",
-    "Nodule", "Pneumothorax",
-)
-# Every label that can appear in Data_Entry_2017.csv; anything else is an
-# "unknown label" (a broken or foreign CSV).
-CHESTX_ALL_LABELS = frozenset(CHESTX_CLASSES) | {
-    "Consolidation", "Edema", "Emphysema", "Fibrosis", "Hernia",
-    "No Finding", "Pleural_Thickening", "Pneumonia",
-}
 CHESTX_CSV = "Data_Entry_2017.csv"
 # The label files accepted, in order of preference: the NIH box now serves
 # the 2020 revision of the file under this name (same two first columns).
 CHESTX_CSVS = (CHESTX_CSV, "Data_Entry_2017_v2020.csv")
-
-ISIC_CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
-ISIC_PROMPTS = (
-    "Melanoma", "Melanocytic Nevus", "Basal Cell Carcinoma",
-    "Actinic Keratosis", "Benign Keratosis", "Dermatofibroma",
-    "Vascular Lesion",
-)
 ISIC_INPUT_DIR = "ISIC2018_Task3_Training_Input"
 ISIC_GT_DIR = "ISIC2018_Task3_Training_GroundTruth"
 ISIC_CSV = "ISIC2018_Task3_Training_GroundTruth.csv"
 
-CROP_DISEASE_CLASSES = (
-    "Apple___Apple_scab",
-    "Apple___Black_rot",
-    "Apple___Cedar_apple_rust",
-    "Apple___healthy",
-    "Blueberry___healthy",
-    "Cherry_(including_sour)___Powdery_mildew",
-    "Cherry_(including_sour)___healthy",
-    "Corn_(maize)___Cercospora_leaf_spot Gray_leaf_spot",
-    "Corn_(maize)___Common_rust_",
-    "Corn_(maize)___Northern_Leaf_Blight",
-    "Corn_(maize)___healthy",
-    "Grape___Black_rot",
-    "Grape___Esca_(Black_Measles)",
-    "Grape___Leaf_blight_(Isariopsis_Leaf_Spot)",
-    "Grape___healthy",
-    "Orange___Haunglongbing_(Citrus_greening)",
-    "Peach___Bacterial_spot",
-    "Peach___healthy",
-    "Pepper,_bell___Bacterial_spot",
-    "Pepper,_bell___healthy",
-    "Potato___Early_blight",
-    "Potato___Late_blight",
-    "Potato___healthy",
-    "Raspberry___healthy",
-    "Soybean___healthy",
-    "Squash___Powdery_mildew",
-    "Strawberry___Leaf_scorch",
-    "Strawberry___healthy",
-    "Tomato___Bacterial_spot",
-    "Tomato___Early_blight",
-    "Tomato___Late_blight",
-    "Tomato___Leaf_Mold",
-    "Tomato___Septoria_leaf_spot",
-    "Tomato___Spider_mites Two-spotted_spider_mite",
-    "Tomato___Target_Spot",
-    "Tomato___Tomato_Yellow_Leaf_Curl_Virus",
-    "Tomato___Tomato_mosaic_virus",
-    "Tomato___healthy",
-)
-
-EUROSAT_CLASSES = (
-    "AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial",
-    "Pasture", "PermanentCrop", "Residential", "River", "SeaLake",
-)
-EUROSAT_PROMPTS = (
-    "Annual Crop Land", "Forest", "Herbaceous Vegetation Land",
-    "Highway or Road", "Industrial Buildings", "Pasture Land",
-    "Permanent Crop Land", "Residential Buildings", "River", "Sea or Lake",
-)
-
 # torchvision's ImageFolder extensions: the release only sees these files.
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
 HIDDEN_REASON = ("ignored: hidden file (a dotfile, or a macOS AppleDouble "
                  "'._*' file)")
 EMPTY_CLASS_REASON = "empty class folder: no image file in it"
@@ -123,11 +61,6 @@ def is_hidden(name: str) -> bool:
   """Dotfiles and folders, including macOS AppleDouble ``._*`` files (which
   carry image extensions but hold no image)."""
   return name.startswith(".")
-
-
-def prompt_name(class_name: str) -> str:
-  """The name the release puts in the prompt: ``_`` replaced by a space."""
-  return class_name.replace("_", " ")
 
 
 # ----------------------------------------------------------------------------
