@@ -198,3 +198,20 @@ def test_paths_tilde_everywhere_and_overwrite_through_the_tool(tmp_path):
   assert rebuilt.returncode == 0, rebuilt.stderr
   assert data.load_dataset("image_folder/pets", tmp_path / "data"
                            ).class_counts().tolist() == [3, 2]
+
+
+def test_paths_tilde_and_vars_in_the_library(tmp_path, monkeypatch):
+  monkeypatch.setenv("HOME", str(tmp_path))
+  monkeypatch.setenv("MY_DATA", str(tmp_path / "store"))
+  _folder(tmp_path / "pets")
+  (tmp_path / "names.json").write_text(json.dumps({"cat": "kitty"}))
+  result = data.prepare_dataset(
+      "image_folder", "$MY_DATA", "~/pets", class_names_json="~/names.json",
+      progress=False, num_workers=1)
+  assert result.dataset.path == tmp_path / "store/image_folder/pets/1.0.0"
+  assert result.dataset.prompt_names == ["kitty", "dog"]
+  assert data.load_dataset("image_folder", "~/store").prompt_names == [
+      "kitty", "dog"]
+  monkeypatch.setenv(data.dataset.DATA_DIR_ENV, "~/store")
+  assert data.default_data_dir() == tmp_path / "store"
+  assert data.dataset_dir("eurosat", "~/x") == tmp_path / "x/eurosat/1.0.0"
