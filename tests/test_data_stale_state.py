@@ -215,3 +215,15 @@ def test_paths_tilde_and_vars_in_the_library(tmp_path, monkeypatch):
   monkeypatch.setenv(data.dataset.DATA_DIR_ENV, "~/store")
   assert data.default_data_dir() == tmp_path / "store"
   assert data.dataset_dir("eurosat", "~/x") == tmp_path / "x/eurosat/1.0.0"
+
+
+def test_stale_state_failed_overwrite_keeps_the_previous_build(tmp_path):
+  manual = _folder(tmp_path / "pets")
+  first = _prepare("image_folder", tmp_path, manual)
+  (manual / "cat" / "broken.png").write_bytes(b"junk")
+  with pytest.raises(data.CorruptInputError, match="cat/broken.png"):
+    _prepare("image_folder", tmp_path, manual, overwrite=True)
+  kept = data.load_dataset("image_folder/pets", tmp_path / "data")
+  assert kept.files == first.dataset.files
+  assert sorted(p.name for p in kept.path.parent.iterdir()) == [
+      "1.0.0", "bad_inputs.tsv"]

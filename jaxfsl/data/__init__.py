@@ -36,6 +36,7 @@ from jaxfsl.data.errors import (
     DatasetNotPreparedError,
     EpisodeError,
     ManualDataError,
+    StaleDatasetError,
 )
 from jaxfsl.data.pipeline import iterate_batches, stack_episodes
 from jaxfsl.data.prepare import PrepareResult, prepare_dataset
@@ -46,4 +47,5 @@ __all__ = [
     "InMemoryDataset", "ManualDataError", "PrepareResult", "dataset_dir",
     "default_data_dir", "iterate_batches", "load_dataset", "normalize",
     "prepare_command", "prepare_dataset", "stack_episodes",
+    "StaleDatasetError",
 ]

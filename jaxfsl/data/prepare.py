@@ -262,7 +262,8 @@ def prepare_dataset(
     skip_corrupt: skip bad inputs (undecodable/truncated image, CSV row
       naming a missing file, unknown label) instead of stopping at the first
       one; every skipped input is listed in the report and the metadata.
-    overwrite: rebuild even when the dataset is already prepared.
+    overwrite: rebuild even when the dataset is already prepared (the
+      previous build is kept if the new one fails).
     num_workers: threads decoding images (default: min(8, CPUs)).
     config_name: config name of ``image_folder`` (default: the folder's name)
       or ``synthetic`` (default: from its sizes and seed).
@@ -307,9 +308,19 @@ def prepare_dataset(
   if reused:
     _check_same_source(target, builder.source_record)
   else:
+    # An overwrite that fails (bad inputs, Ctrl-C) keeps the previous build:
+    # it waits beside the new one (named like TFDS's own leftovers, so that a
+    # killed run's copy is cleaned next time) until the new one is complete.
+    previous = target.parent / f"incomplete.previous_{target.name}"
     if target.exists():
-      shutil.rmtree(target)
-    _build(builder, manual_dir, progress)
+      target.rename(previous)
+    try:
+      _build(builder, manual_dir, progress)
+    except BaseException:
+      if previous.exists() and not target.exists():
+        previous.rename(target)
+      raise
+    shutil.rmtree(previous, ignore_errors=True)
     (target.parent / BAD_INPUTS_NAME).unlink(missing_ok=True)
   dataset = Dataset(target)
   report = write_report(dataset) if not reused else (
