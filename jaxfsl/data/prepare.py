@@ -260,8 +260,9 @@ def prepare_dataset(
     data_dir: where prepared datasets live (``data_dir/name[/config]/1.0.0``).
     manual_dir: the raw download (unused by ``synthetic``).
     skip_corrupt: skip bad inputs (undecodable/truncated image, CSV row
-      naming a missing file, unknown label) instead of stopping at the first
-      one; every skipped input is listed in the report and the metadata.
+      naming a missing file, unknown label, empty class) instead of failing;
+      every skipped input is listed in the report and the metadata. Hidden
+      files (macOS ``._*``, dotfiles) are always ignored and reported.
     overwrite: rebuild even when the dataset is already prepared (the
       previous build is kept if the new one fails).
     num_workers: threads decoding images (default: min(8, CPUs)).
@@ -355,8 +356,8 @@ def _build(builder: builders.CdfslBuilder, manual_dir: Path | None,
 def _check_same_source(target: Path, record: dict[str, Any]) -> None:
   """Raises ``StaleDatasetError`` when the prepared dataset at ``target`` was
   built from something else than ``record`` describes."""
-  meta = json.loads((target / "metadata.json").read_text())
-  old = meta.get("source")
+  path = target / "metadata.json"
+  old = json.loads(path.read_text()).get("source") if path.is_file() else None
   if old is None:  # Prepared before sources were recorded: nothing to say.
     return
   changes = provenance.describe_changes(old, record)
