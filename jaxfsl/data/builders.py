@@ -52,6 +52,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
+from jaxfsl.data import catalog as _catalog_module
 from jaxfsl.data import images, sources, synthetic
 from jaxfsl.data.errors import CorruptInputError, DataError, ManualDataError
 from jaxfsl.data.sources import Problem, SourceItem, SourceListing
@@ -151,6 +152,8 @@ class CdfslBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     num_workers: threads decoding the images.
     source_record: stored as ``metadata["source"]`` (what the dataset is
       built from; see ``jaxfsl.data.provenance``).
+    catalog: build from this TFDS catalog dataset instead of the manual
+      folder (``eurosat``, ``crop_disease``; see ``jaxfsl.data.catalog``).
   """
 
   VERSION = tfds.core.Version("1.0.0")
@@ -169,7 +172,12 @@ class CdfslBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def __init__(self, *, skip_corrupt: bool = False,
                num_workers: int | None = None,
-               source_record: dict[str, Any] | None = None, **kwargs: Any):
+               source_record: dict[str, Any] | None = None,
+               catalog: _catalog_module.CatalogSource | None = None,
+               **kwargs: Any):
+    if catalog is not None and self.name not in _catalog_module.CATALOG:
+      raise ValueError(f"{self.name} has no TFDS catalog source.")
+    self._catalog = catalog
     self._skip_corrupt = skip_corrupt
     self._num_workers = num_workers or default_num_workers()
     self._source_record = source_record
@@ -192,6 +200,9 @@ class CdfslBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def read(self, item: SourceItem) -> tuple[bytes, str]:
     """(bytes to store, Pillow mode of the source image)."""
+    if isinstance(item, _catalog_module.CatalogItem):
+      return images.read_image_bytes(
+          self._catalog.records[item.record]["image"], item.file)
     return images.read_image(item.path)
 
   def _manual_dir(self, dl_manager: tfds.download.DownloadManager) -> Path:
@@ -219,7 +230,11 @@ class CdfslBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    listing = self.list_sources(self._manual_dir(dl_manager))
+    if self._catalog is not None:
+      listing = _catalog_module.list_catalog(self._catalog,
+                                             self.class_names())
+    else:
+      listing = self.list_sources(self._manual_dir(dl_manager))
     if listing.csv_name is not None:
       # Class folders report their own emptiness; a CSV can leave a class
       # without any row, which would only fail later in the episode sampler.

@@ -51,21 +51,27 @@ def to_8bit(image: Image.Image) -> Image.Image:
                          "L")
 
 
-def _open(path: Path) -> tuple[bytes, Image.Image]:
-  """Reads and fully decodes ``path``; errors name the file, not a buffer."""
-  data = path.read_bytes()
+def _open(data: bytes, name: str) -> Image.Image:
+  """Fully decodes ``data``; errors name the file ``name``, not a buffer."""
   try:
     im = Image.open(io.BytesIO(data))
     im.load()
   except Image.UnidentifiedImageError as e:
     raise ImageReadError(
-        f"cannot identify image file {path.name!r} (UnidentifiedImageError: "
+        f"cannot identify image file {name!r} (UnidentifiedImageError: "
         "not an image Pillow can decode)") from e
   except Exception as e:  # noqa: BLE001 - re-raised, naming the file.
-    message = _BYTESIO.sub(repr(path.name), str(e))
-    raise ImageReadError(
-        f"{path.name!r}: {type(e).__name__}: {message}") from e
-  return data, im
+    message = _BYTESIO.sub(repr(name), str(e))
+    raise ImageReadError(f"{name!r}: {type(e).__name__}: {message}") from e
+  return im
+
+
+def read_image_bytes(data: bytes, name: str) -> tuple[bytes, str]:
+  """``read_image`` of a file's bytes (``name`` is used in errors)."""
+  with _open(data, name) as im:
+    if im.format in ("JPEG", "PNG") and im.mode == "RGB":
+      return data, "RGB"
+    return encode_png(to_8bit(im).convert("RGB")), im.mode
 
 
 def read_image(path: Path) -> tuple[bytes, str]:
@@ -81,11 +87,7 @@ def read_image(path: Path) -> tuple[bytes, str]:
     ImageReadError: the file cannot be decoded (the message names it).
     OSError: the file cannot be read.
   """
-  data, im = _open(path)
-  with im:
-    if im.format in ("JPEG", "PNG") and im.mode == "RGB":
-      return data, "RGB"
-    return encode_png(to_8bit(im).convert("RGB")), im.mode
+  return read_image_bytes(path.read_bytes(), path.name)
 
 
 def read_image_file(path: Path) -> bytes:
@@ -100,8 +102,7 @@ def read_chestx(path: Path) -> tuple[bytes, str]:
 
   Returns ``(PNG bytes, source mode)``; raises as ``read_image``.
   """
-  _, im = _open(path)
-  with im:
+  with _open(path.read_bytes(), path.name) as im:
     out = to_8bit(im).resize((CHESTX_IMAGE_SIZE, CHESTX_IMAGE_SIZE))
     return encode_png(out.convert("RGB")), im.mode
 

@@ -21,7 +21,7 @@ from typing import Any
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import tqdm_utils
 
-from jaxfsl.data import builders, provenance, sources
+from jaxfsl.data import builders, catalog, provenance, sources
 from jaxfsl.data.dataset import DATASET_NAMES, Dataset
 from jaxfsl.data.errors import CorruptInputError, StaleDatasetError
 from jaxfsl.paths import user_path
@@ -69,6 +69,11 @@ class PrepareResult:
       lines.append(f"  excluded by the protocol: {count} x {reason}")
     if meta.get("csv_name"):
       lines.append(f"Labels read from {meta['csv_name']}.")
+    source_options = (meta.get("source") or {}).get("options", {})
+    if "catalog" in source_options:
+      lines.append("Built from the TFDS catalog dataset "
+                   f"{source_options['catalog']} "
+                   f"{source_options['catalog_version']}.")
     converted = self.converted_modes
     if converted:
       lines.append(
@@ -180,6 +185,8 @@ def make_builder(
     synthetic_images_per_class: int = 40,
     synthetic_image_size: int = 64,
     synthetic_seed: int = 0,
+    from_catalog: bool | catalog.CatalogSource = False,
+    catalog_dir: os.PathLike[str] | str | None = None,
 ) -> builders.CdfslBuilder:
   """The TFDS builder of a dataset (see ``prepare_dataset`` for the args).
 
@@ -201,6 +208,18 @@ def make_builder(
     options = {"num_classes": config.num_classes,
                "images_per_class": config.images_per_class,
                "image_size": config.image_size, "seed": config.seed}
+  elif from_catalog is not False:
+    if name not in catalog.CATALOG:
+      raise ValueError(f"--from_catalog: {name!r} has no TFDS catalog "
+                       f"source; only {sorted(catalog.CATALOG)} do.")
+    if manual_dir is not None and str(manual_dir):
+      raise ValueError("--manual_dir and --from_catalog exclude each other.")
+    source = (from_catalog if isinstance(from_catalog, catalog.CatalogSource)
+              else catalog.open_catalog(name, catalog_dir))
+    kwargs["catalog"] = source
+    options = {"catalog": source.catalog_name,
+               "catalog_version": source.version,
+               "catalog_records": len(source.records)}
   else:
     manual = sources.check_manual_dir(manual_dir,
                                       cls.MANUAL_DOWNLOAD_INSTRUCTIONS)
@@ -250,6 +269,8 @@ def prepare_dataset(
     synthetic_images_per_class: int = 40,
     synthetic_image_size: int = 64,
     synthetic_seed: int = 0,
+    from_catalog: bool | catalog.CatalogSource = False,
+    catalog_dir: os.PathLike[str] | str | None = None,
     progress: bool = True,
 ) -> PrepareResult:
   """Builds a dataset from its manual download (no network).
@@ -273,6 +294,12 @@ def prepare_dataset(
     synthetic_images_per_class: images per class of ``synthetic``.
     synthetic_image_size: image height/width of ``synthetic``.
     synthetic_seed: seed of ``synthetic``.
+    from_catalog: ``eurosat`` / ``crop_disease`` only: build from the TFDS
+      catalog dataset ``eurosat/rgb`` / ``plant_village`` instead of
+      ``manual_dir`` (True), or from that catalog dataset already opened
+      (a ``jaxfsl.data.catalog.CatalogSource``); see ``jaxfsl.data.catalog``
+      for what differs from the manual download.
+    catalog_dir: TFDS data folder of the catalog dataset (default: TFDS's).
     progress: show TFDS's progress bars.
 
   Returns:
@@ -302,7 +329,8 @@ def prepare_dataset(
       class_names_json=class_names_json, synthetic_classes=synthetic_classes,
       synthetic_images_per_class=synthetic_images_per_class,
       synthetic_image_size=synthetic_image_size,
-      synthetic_seed=synthetic_seed)
+      synthetic_seed=synthetic_seed, from_catalog=from_catalog,
+      catalog_dir=catalog_dir)
   target = Path(builder.data_dir)
   cleaned = clean_incomplete(target.parent)
   reused = (target / "dataset_info.json").is_file() and not overwrite
