@@ -34,7 +34,7 @@ from timm.models.eva import checkpoint_filter_fn  # noqa: E402
 import jaxfsl  # noqa: E402
 from jaxfsl.checkpoints import CheckpointError  # noqa: E402
 from jaxfsl.models.pe import rope_2d_angles  # noqa: E402
-from jaxfsl.pe_tokenizer import OpenClipBpeTokenizer  # noqa: E402
+from jaxfsl.tokenizers.pe import PeCoreTokenizer  # noqa: E402
 
 TEXTS = ["a photo of a dog.", "Hello,   WORLD!!! &amp; friends?",
          "naïve café — “quotes” 東京 😀 ÉCOLE", "it's 4.5 we'll",
@@ -337,7 +337,7 @@ def test_tokenizer_matches_open_clip(ref_tokenizer, context):
   texts = TEXTS + ["", "<end_of_text> x <START_OF_TEXT>", "tab\tnew\nline",
                    "mojibake: Ã©", "İstanbul ß ﬁ", "a" * 300, "1,234.5%!?",
                    " ".join(["word"] * 100)]
-  ours = OpenClipBpeTokenizer(context)(texts)
+  ours = PeCoreTokenizer(context)(texts)
   ref = ref_tokenizer(texts, context_length=context).numpy()
   np.testing.assert_array_equal(ours, ref)
   assert ours.dtype == np.int32
@@ -380,7 +380,7 @@ def test_errors_name_file_key_and_shape(case, tmp_path):
 
 def test_lora_on_pe_blocks_matches_merged_weights():
   from jaxfsl.models import build
-  from jaxfsl.models.pe_config import pe_core_config
+  from jaxfsl.models.families.pe_core import pe_core_config
   from jaxfsl.trainables.lora import LoraConfig, init_lora, merge_lora
 
   config = pe_core_config(image_size=32, patch_size=16, width=64, depth=2,
@@ -464,7 +464,7 @@ def test_episode_engine_on_pe_core_batch_one_equals_four():
 def test_preset_sizes_match_the_released_models(preset, millions):
   """Parameter counts of perception_models' pe.CLIP.from_config(...) state
   dicts (abstract shapes only: nothing is allocated)."""
-  from jaxfsl.checkpoints.common import expected_shapes
+  from jaxfsl.checkpoints.tensors import expected_shapes
   from jaxfsl.models import PRESETS
 
   shapes = expected_shapes(PRESETS[preset])

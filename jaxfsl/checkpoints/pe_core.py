@@ -35,6 +35,11 @@ Layouts (W vision width, Wt text width, E embedding width, g grid side):
   image encoder; its text side raises an error naming the files to get.
 
 (Mapping official <-> timm: timm 1.0.31 ``models/eva.py`` ``_convert_pe``.)
+Registered in ``jaxfsl.checkpoints`` twice: as a ``PathLoader`` (``detect`` /
+``load``: folders, ``.safetensors`` and zip torch files, with the head
+overrides below as ``load_model`` options) and as the "pe_core" torch
+``Layout`` (``matches`` / ``convert``) before OpenAI's, which shares
+``visual.conv1``, for torch files the path loader does not recognise.
 No layout stores head counts. PE-Core's rule: head width 64 in every tower
 except the G vision tower (96; recognised as width 1536 without a class
 token), 8 heads in the attention pool; ``vision_heads`` / ``text_heads`` /
@@ -46,33 +51,33 @@ a file name.
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
+import safetensors
 
-from jaxfsl.checkpoints import common
-from jaxfsl.checkpoints.common import CheckpointError, Tensors
-from jaxfsl.models.config import ModelConfig, TextConfig
-from jaxfsl.models.model import Model
-from jaxfsl.models.pe_config import (
+from jaxfsl.checkpoints import readers
+from jaxfsl.checkpoints import tensors as T
+from jaxfsl.checkpoints.errors import CheckpointError, listing
+from jaxfsl.checkpoints.openai import resblocks
+from jaxfsl.checkpoints.tensors import Tensors
+from jaxfsl.models.config import ModelConfig
+from jaxfsl.models.families.pe_core import (
     LOGIT_SCALE_INIT,
-    AbsentTextConfig,
-    PeVisionConfig,
+    default_vision_heads,
+    without_text,
 )
-from jaxfsl.preprocess import SIGLIP_MEAN, SIGLIP_STD, Preprocessing
+from jaxfsl.models.model import Model
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors",
                      "open_clip_pytorch_model.bin")
 TIMM_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
-_EPS = 1e-5
 _GET_INSTEAD = (
     "for the text tower download the official facebook/PE-Core-<size> file "
     "PE-Core-<size>.pt or the open_clip folder timm/PE-Core-<size> "
@@ -80,248 +85,199 @@ _GET_INSTEAD = (
     "open_clip_pytorch_model.bin)")
 
 
-@dataclasses.dataclass(frozen=True)
-class _Vision:
-  """Where a layout keeps each vision tensor (``prefix`` + name)."""
-
-  prefix: str
-  timm: bool
-
-  def key(self, name: str) -> str:
-    return self.prefix + name
-
-
 # --------------------------------------------------------------- detection
+
+
+def _safetensors_keys(path: Path) -> set[str]:
+  try:
+    with safetensors.safe_open(str(path), framework="numpy") as f:
+      return set(f.keys())
+  except (safetensors.SafetensorError, OSError, ValueError):
+    return set()
 
 
 def _zip_pickle_mentions(path: Path, needle: bytes) -> bool:
   """Whether a torch.save zip's ``data.pkl`` contains ``needle`` (the key
   names are plain strings there): a look at the names without unpickling."""
   try:
+    names = readers.zip_names(path) or []
+    pickles = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
+    if not pickles or any(n.endswith("constants.pkl") for n in names):
+      return False  # not torch.save's zip (or a TorchScript archive)
     with zipfile.ZipFile(path) as z:
-      names = [n for n in z.namelist()
-               if n == "data.pkl" or n.endswith("/data.pkl")]
-      if not names or common.is_torchscript_zip(z.namelist()):
-        return False
-      return needle in z.read(names[0])
-  except (zipfile.BadZipFile, OSError):
+      return needle in z.read(pickles[0])
+  except (CheckpointError, OSError, zipfile.BadZipFile):
     return False
 
 
-def detect(path: str | os.PathLike) -> str | None:
-  """"official", "open_clip" or "timm" when ``path`` looks like a PE-Core
-  checkpoint (cheap: file names, JSON and key names, no tensor data), else
-  None (for the other loaders)."""
+def detect(path: Path) -> str | None:
+  """"open_clip", "timm", a weights layout or "torch" when ``path`` looks
+  like a PE-Core checkpoint (cheap: file names, JSON and key names, no
+  tensor data), else None (for the other loaders)."""
   path = Path(path)
   if path.is_dir():
     if (path / OPEN_CLIP_CONFIG).is_file():
       return "open_clip"
-    config = path / "config.json"
-    if config.is_file():
+    if (path / "config.json").is_file():
       try:
-        arch = common.read_json(config).get("architecture", "")
-      except CheckpointError:
+        arch = readers.read_json(path / "config.json").get("architecture")
+      except (CheckpointError, OSError):
         return None
       if isinstance(arch, str) and arch.startswith("vit_pe_"):
         return "timm"
     return None
   if not path.is_file():
     return None
-  suffix = path.suffix.lower()
-  if suffix == ".safetensors":
-    try:
-      keys = set(common.read_safetensors(path))
-    except CheckpointError:
-      return None
-    return _layout_of_keys(keys)
-  if zipfile.is_zipfile(path) and _zip_pickle_mentions(path, b"attn_pool."):
-    # Official / open_clip / timm: decided on the keys when loading.
-    return "torch"
+  if path.suffix.lower() == ".safetensors":
+    return _layout_of_keys(_safetensors_keys(path))
+  if _zip_pickle_mentions(path, b"attn_pool."):
+    return "torch"  # official / open_clip / timm: decided on the keys
   return None
 
 
-def _layout_of_keys(keys: set[str]) -> str | None:
-  if any(k.endswith("visual.attn_pool.probe") or k == "attn_pool.probe"
-         for k in keys):
+def _layout_of_keys(keys: Collection[str]) -> str | None:
+  if "visual.attn_pool.probe" in keys or "attn_pool.probe" in keys:
     return "official"
-  if any(k.endswith("visual.trunk.attn_pool.latent") for k in keys):
+  if "visual.trunk.attn_pool.latent" in keys:
     return "open_clip"
   if "attn_pool.latent" in keys:
     return "timm"
   return None
 
 
+def matches(keys: Collection[str]) -> bool:
+  """Whether tensor names are PE-Core's (any of the three layouts)."""
+  return _layout_of_keys(keys) is not None
+
+
 # ----------------------------------------------------------------- reading
-
-
-def _unwrap(state: Any) -> Any:
-  """perception_models' load_ckpt: a ``state_dict`` / ``weights`` wrapper
-  and a uniform ``module.`` prefix are removed."""
-  for wrapper in ("state_dict", "weights"):
-    if (isinstance(state, Mapping) and wrapper in state
-        and isinstance(state[wrapper], Mapping)):
-      state = state[wrapper]
-      break
-  if isinstance(state, Mapping) and state and all(
-      isinstance(k, str) and k.startswith("module.") for k in state):
-    state = {k[len("module."):]: v for k, v in state.items()}
-  return state
 
 
 def _read_weights(path: Path) -> dict[str, np.ndarray]:
   if path.suffix.lower() == ".safetensors":
-    return common.read_safetensors(path)
-  state = _unwrap(common.torch_load_weights(path))
-  return common.torch_to_numpy(state, path)
+    return readers.read_safetensors(path)
+  return readers.read_torch(path)
 
 
-def _read(path: Path) -> tuple[str, dict[str, np.ndarray], dict, Path]:
-  """(layout, arrays, config-file dict or {}, weights file)."""
+def _read(path: Path) -> tuple[dict[str, np.ndarray], dict, Path]:
+  """(arrays, config-file dict or {}, weights file)."""
   if path.is_dir():
     if (path / OPEN_CLIP_CONFIG).is_file():
       names, config_file = OPEN_CLIP_WEIGHTS, path / OPEN_CLIP_CONFIG
-    elif (path / "config.json").is_file():
-      names, config_file = TIMM_WEIGHTS, path / "config.json"
     else:
-      raise CheckpointError(
-          f"{path}: a folder without {OPEN_CLIP_CONFIG} or timm's "
-          "config.json; expected a PE-Core open_clip hub folder "
-          "(timm/PE-Core-*) or timm vision weights (timm/vit_pe_core_*)")
+      names, config_file = TIMM_WEIGHTS, path / "config.json"
     found = [path / n for n in names if (path / n).is_file()]
     if not found:
       raise CheckpointError(
           f"{path}: no weights file: expected one of {list(names)} beside "
           f"{config_file.name}")
     weights = found[0]
-    config = common.read_json(config_file)
+    config = readers.read_json(config_file)
   else:
     weights, config = path, {}
     # A weights file named as in a hub folder: use the config beside it.
-    sibling = {**{n: OPEN_CLIP_CONFIG for n in OPEN_CLIP_WEIGHTS},
-               **{n: "config.json" for n in TIMM_WEIGHTS}}.get(path.name)
+    sibling = {**dict.fromkeys(OPEN_CLIP_WEIGHTS, OPEN_CLIP_CONFIG),
+               **dict.fromkeys(TIMM_WEIGHTS, "config.json")}.get(path.name)
     if sibling and (path.parent / sibling).is_file():
-      config = common.read_json(path.parent / sibling)
-  arrays = _read_weights(weights)
-  layout = _layout_of_keys(set(arrays))
-  if layout is None:
-    raise CheckpointError(
-        f"{weights}: not a PE-Core checkpoint: expected 'visual.attn_pool."
-        "probe' (official .pt), 'visual.trunk.attn_pool.latent' (open_clip) "
-        "or 'attn_pool.latent' (timm); found "
-        f"{common.listing(sorted(arrays))}")
-  return layout, arrays, config, weights
+      config = readers.read_json(path.parent / sibling)
+  return _read_weights(weights), config, weights
 
 
 # ------------------------------------------------------------- conversion
 
 
-def _count_blocks(t: Tensors, prefix: str, path: str) -> int:
-  pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-  found = {int(m.group(1)) for k in t.keys() if (m := pattern.match(k))}
-  if not found:
-    raise CheckpointError(f"{path}: no transformer blocks under {prefix!r}")
-  depth = max(found) + 1
-  if found != set(range(depth)):
-    missing = sorted(set(range(depth)) - found)
-    raise CheckpointError(
-        f"{path}: blocks under {prefix!r} are not contiguous: missing "
-        f"{prefix}{missing[0]}")
-  return depth
-
-
-def _linear(t: Tensors, prefix: str, n_in: int, n_out: int,
-            bias: bool = True) -> dict:
-  kernel = t.get(f"{prefix}.weight", (n_out, n_in)).T
-  return common.dense(kernel, t.get(f"{prefix}.bias", (n_out,))
-                      if bias else None)
-
-
-def _ln(t: Tensors, prefix: str, width: int) -> dict:
-  return common.ln(t.get(f"{prefix}.weight", (width,)),
-                   t.get(f"{prefix}.bias", (width,)))
-
-
-def _packed_qkv(t: Tensors, prefix: str, width: int) -> dict:
-  """PyTorch ``in_proj_weight`` [3W, W] rows q | k | v -> [W, 3W]."""
-  return common.dense(t.get(f"{prefix}.in_proj_weight", (3 * width, width)).T,
-                      t.get(f"{prefix}.in_proj_bias", (3 * width,)))
-
-
-def _official_blocks(t: Tensors, prefix: str, depth: int, width: int,
-                     mlp: int) -> dict:
-  out = {}
-  for i in range(depth):
-    p = f"{prefix}{i}"
-    out[f"blocks_{i}"] = {
-        "ln1": _ln(t, f"{p}.ln_1", width),
-        "attn": {"qkv": _packed_qkv(t, f"{p}.attn", width),
-                 "out": _linear(t, f"{p}.attn.out_proj", width, width)},
-        "ln2": _ln(t, f"{p}.ln_2", width),
-        "mlp": {"fc1": _linear(t, f"{p}.mlp.c_fc", width, mlp),
-                "fc2": _linear(t, f"{p}.mlp.c_proj", mlp, width)},
-    }
-  return out
-
-
 def _timm_blocks(t: Tensors, prefix: str, depth: int, width: int,
                  mlp: int) -> dict:
+  """timm Eva blocks ``{prefix}{i}.{norm1, attn.qkv, attn.proj, norm2,
+  mlp.fc1, mlp.fc2}`` -> our ``blocks_{i}`` (qkv columns q | k | v)."""
   out = {}
   for i in range(depth):
     p = f"{prefix}{i}"
     out[f"blocks_{i}"] = {
-        "ln1": _ln(t, f"{p}.norm1", width),
-        "attn": {"qkv": _linear(t, f"{p}.attn.qkv", width, 3 * width),
-                 "out": _linear(t, f"{p}.attn.proj", width, width)},
-        "ln2": _ln(t, f"{p}.norm2", width),
-        "mlp": {"fc1": _linear(t, f"{p}.mlp.fc1", width, mlp),
-                "fc2": _linear(t, f"{p}.mlp.fc2", mlp, width)},
+        "ln1": T.torch_layer_norm(t, f"{p}.norm1", width),
+        "attn": {"qkv": T.torch_linear(t, f"{p}.attn.qkv", width, 3 * width),
+                 "out": T.torch_linear(t, f"{p}.attn.proj", width, width)},
+        "ln2": T.torch_layer_norm(t, f"{p}.norm2", width),
+        "mlp": {"fc1": T.torch_linear(t, f"{p}.mlp.fc1", width, mlp),
+                "fc2": T.torch_linear(t, f"{p}.mlp.fc2", mlp, width)},
     }
   return out
 
 
-def _rule_heads(width: int, head_width: int, tower: str, option: str,
+def _rule_heads(width: int, heads: int, tower: str, option: str,
                 path: str) -> int:
-  """PE-Core's head count rule (no checkpoint stores it)."""
-  if width % head_width:
+  """PE-Core's head count rule (no checkpoint stores it), checked."""
+  if heads * (width // heads) != width or width // heads not in (64, 96):
     raise CheckpointError(
         f"{path}: {tower} width {width} is not a multiple of PE-Core's head "
-        f"width {head_width}, so the head count cannot be inferred; pass "
-        f"{option}=N (load_model(path, {option}=N))")
-  return width // head_width
+        f"width (64; 96 for G's vision tower), so the head count cannot be "
+        f"inferred; pass {option}=N (load_model(path, {option}=N))")
+  return heads
 
 
-def _vision(t: Tensors, v: _Vision, path: str, heads: int | None,
-            pool_heads: int | None) -> tuple[PeVisionConfig, dict]:
-  """Vision config (from shapes) and the ``img`` param tree."""
-  k = v.key
-  patch_key = k("patch_embed.proj.weight" if v.timm else "conv1.weight")
+def _pool(t: Tensors, k, timm: bool, width: int, mlp: int) -> dict:
+  """The attention pool (``map_head``): one probe, packed q | k | v."""
+  if timm:
+    q = T.torch_linear(t, k("attn_pool.q"), width, width)
+    kv = T.torch_linear(t, k("attn_pool.kv"), width, 2 * width)
+    return {
+        "probe": t.get(k("attn_pool.latent"), (1, 1, width)).reshape(width),
+        "attn": {"qkv": {
+            "kernel": np.concatenate([q["kernel"], kv["kernel"]], 1),
+            "bias": np.concatenate([q["bias"], kv["bias"]], 0)},
+            "out": T.torch_linear(t, k("attn_pool.proj"), width, width)},
+        "ln": T.torch_layer_norm(t, k("attn_pool.norm"), width),
+        "mlp": {"fc1": T.torch_linear(t, k("attn_pool.mlp.fc1"), width, mlp),
+                "fc2": T.torch_linear(t, k("attn_pool.mlp.fc2"), mlp, width)},
+    }
+  return {
+      "probe": t.get(k("attn_pool.probe"), (1, 1, width)).reshape(width),
+      "attn": {"qkv": T.dense(
+          t.get(k("attn_pool.attn.in_proj_weight"), (3 * width, width)).T,
+          t.get(k("attn_pool.attn.in_proj_bias"), (3 * width,))),
+          "out": T.torch_linear(t, k("attn_pool.attn.out_proj"), width,
+                                width)},
+      "ln": T.torch_layer_norm(t, k("attn_pool.layernorm"), width),
+      "mlp": {"fc1": T.torch_linear(t, k("attn_pool.mlp.c_fc"), width, mlp),
+              "fc2": T.torch_linear(t, k("attn_pool.mlp.c_proj"), mlp,
+                                    width)},
+  }
+
+
+def _vision(t: Tensors, prefix: str, timm: bool, path: str,
+            heads: int | None, pool_heads: int | None
+            ) -> tuple[dict, dict]:
+  """Vision sizes (for ``PeVisionConfig``, from shapes) and the ``img``
+  param tree; ``prefix`` is "visual." / "visual.trunk." / ""."""
+  def k(name: str) -> str:
+    return prefix + name
+
+  patch_key = k("patch_embed.proj.weight" if timm else "conv1.weight")
   cshape = t.shape(patch_key, "the vision width and patch size")
   if len(cshape) != 4 or cshape[1] != 3 or cshape[2] != cshape[3]:
     raise CheckpointError(f"{path}: {patch_key} has shape {list(cshape)}; "
                           "expected [width, 3, p, p]")
   width, patch = cshape[0], cshape[2]
-  cls_key = k("cls_token" if v.timm else "class_embedding")
+  cls_key = k("cls_token" if timm else "class_embedding")
   class_token = cls_key in t
-  pos_key = k("pos_embed" if v.timm else "positional_embedding")
+  pos_key = k("pos_embed" if timm else "positional_embedding")
   pshape = t.shape(pos_key, "the image size")
   rows = pshape[-2] if len(pshape) >= 2 else -1
   num = rows - (1 if class_token else 0)
   grid = int(np.sqrt(max(num, 0)) + 0.5)
-  want_pos = ((1, rows, width) if v.timm else (rows, width))
-  if (tuple(pshape) != want_pos or grid * grid != num or grid == 0):
+  want_pos = (1, rows, width) if timm else (rows, width)
+  if tuple(pshape) != want_pos or grid * grid != num or grid == 0:
     raise CheckpointError(
         f"{path}: {pos_key} has shape {list(pshape)}; expected "
-        f"{'[1, ' if v.timm else '['}g*g{' + 1' if class_token else ''}, "
+        f"{'[1, ' if timm else '['}g*g{' + 1' if class_token else ''}, "
         f"{width}] (patch grid{' plus class token' if class_token else ''})")
-  blocks = k("blocks." if v.timm else "transformer.resblocks.")
-  depth = _count_blocks(t, blocks, path)
-  fc1 = "mlp.fc1.weight" if v.timm else "mlp.c_fc.weight"
+  blocks = k("blocks." if timm else "transformer.resblocks.")
+  depth = T.count_blocks(t, blocks, ".", path)
+  fc1 = "mlp.fc1.weight" if timm else "mlp.c_fc.weight"
   mlp = t.shape(f"{blocks}0.{fc1}", "the MLP width")[0]
-  pool_fc1 = k("attn_pool." + fc1)
-  pool_mlp = t.shape(pool_fc1, "the pooling MLP width")[0]
-  if v.timm:
-    head_key = k("head.weight")
-    embed = t.shape(head_key, "the embedding width (the CLIP projection)")[0]
+  pool_mlp = t.shape(k("attn_pool." + fc1), "the pooling MLP width")[0]
+  if timm:
+    embed = t.shape(k("head.weight"), "the embedding width (projection)")[0]
     head_bias = t.arrays.get(k("head.bias"))
     # timm synthesises a zero bias for the official bias-free projection;
     # a non-zero one is real and kept.
@@ -330,91 +286,66 @@ def _vision(t: Tensors, v: _Vision, path: str, heads: int | None,
   else:
     embed = t.shape(k("proj"), "the embedding width")[-1]
     proj_bias = False
-  if heads is None:
-    heads = _rule_heads(width, 96 if (width == 1536 and not class_token)
-                        else 64, "vision", "vision_heads", path)
-  config = common.make_config(path, lambda: PeVisionConfig(
+  sizes = dict(
       image_size=grid * patch, patch_size=patch, width=width, depth=depth,
-      heads=heads, mlp_dim=mlp, embed_dim=embed, act="gelu", pool="map",
-      pre_norm=True, patch_bias=False, proj=True, proj_bias=proj_bias,
-      norm_eps=_EPS, class_token=class_token, pool_heads=pool_heads or 8,
-      pool_mlp_dim=pool_mlp))
+      heads=heads or _rule_heads(
+          width, default_vision_heads(width, class_token), "vision",
+          "vision_heads", path),
+      mlp_dim=mlp, embed_dim=embed, proj_bias=proj_bias,
+      class_token=class_token, pool_heads=pool_heads or 8,
+      pool_mlp_dim=pool_mlp)
 
   img: dict[str, Any] = {
       # OIHW -> HWIO.
       "patch_embed": {"kernel": t.get(patch_key, (width, 3, patch, patch)
                                       ).transpose(2, 3, 1, 0)},
       "pos_embed": t.get(pos_key, want_pos).reshape(rows, width),
+      "map_head": _pool(t, k, timm, width, pool_mlp),
   }
   if class_token:
-    img["cls_token"] = t.get(cls_key, (1, 1, width) if v.timm else (width,)
+    img["cls_token"] = t.get(cls_key, (1, 1, width) if timm else (width,)
                              ).reshape(width)
-  if v.timm:
-    img["ln_pre"] = _ln(t, k("norm_pre"), width)
+  if timm:
+    img["ln_pre"] = T.torch_layer_norm(t, k("norm_pre"), width)
     img.update(_timm_blocks(t, blocks, depth, width, mlp))
-    img["ln_post"] = _ln(t, k("norm"), width)
-    q = _linear(t, k("attn_pool.q"), width, width)
-    kv = _linear(t, k("attn_pool.kv"), width, 2 * width)
-    pool = {
-        "probe": t.get(k("attn_pool.latent"), (1, 1, width)).reshape(width),
-        "attn": {"qkv": {
-            "kernel": np.concatenate([q["kernel"], kv["kernel"]], 1),
-            "bias": np.concatenate([q["bias"], kv["bias"]], 0)},
-            "out": _linear(t, k("attn_pool.proj"), width, width)},
-        "ln": _ln(t, k("attn_pool.norm"), width),
-        "mlp": {"fc1": _linear(t, k("attn_pool.mlp.fc1"), width, pool_mlp),
-                "fc2": _linear(t, k("attn_pool.mlp.fc2"), pool_mlp, width)},
-    }
-    img["proj"] = _linear(t, k("head"), width, embed, bias=proj_bias)
-    if not proj_bias:
-      t.mark_used(k("head.bias"))
+    img["ln_post"] = T.torch_layer_norm(t, k("norm"), width)
+    img["proj"] = T.torch_linear(t, k("head"), width, embed, bias=proj_bias)
+    t.mark_used(k("head.bias"))
   else:
-    img["ln_pre"] = _ln(t, k("ln_pre"), width)
-    img.update(_official_blocks(t, blocks, depth, width, mlp))
-    img["ln_post"] = _ln(t, k("ln_post"), width)
-    pool = {
-        "probe": t.get(k("attn_pool.probe"), (1, 1, width)).reshape(width),
-        "attn": {"qkv": _packed_qkv(t, k("attn_pool.attn"), width),
-                 "out": _linear(t, k("attn_pool.attn.out_proj"), width,
-                                width)},
-        "ln": _ln(t, k("attn_pool.layernorm"), width),
-        "mlp": {"fc1": _linear(t, k("attn_pool.mlp.c_fc"), width, pool_mlp),
-                "fc2": _linear(t, k("attn_pool.mlp.c_proj"), pool_mlp,
-                               width)},
-    }
-    img["proj"] = {"kernel": t.get(k("proj"), (width, embed))}
-  img["map_head"] = pool
-  return config, img
+    img["ln_pre"] = T.torch_layer_norm(t, k("ln_pre"), width)
+    img.update(resblocks(t, blocks[:-1], depth, width, mlp))
+    img["ln_post"] = T.torch_layer_norm(t, k("ln_post"), width)
+    img["proj"] = {"kernel": t.get(k("proj"), (width, embed))}  # x @ proj
+  return sizes, img
 
 
 def _text(t: Tensors, prefix: str, path: str, embed: int, heads: int | None
-          ) -> tuple[TextConfig, dict]:
+          ) -> tuple[dict, dict]:
+  """Text sizes and the ``txt`` tree (the official names, under
+  ``prefix``: "" or open_clip's "text.")."""
   vocab_key = prefix + "token_embedding.weight"
   vshape = t.shape(vocab_key, "the vocabulary and text width")
   if len(vshape) != 2:
     raise CheckpointError(f"{path}: {vocab_key} has shape {list(vshape)}; "
                           "expected [vocab, width]")
   vocab, width = vshape
-  context = t.shape(prefix + "positional_embedding",
-                    "the context length")[0]
-  blocks = prefix + "transformer.resblocks."
-  depth = _count_blocks(t, blocks, path)
-  mlp = t.shape(f"{blocks}0.mlp.c_fc.weight", "the text MLP width")[0]
-  config = common.make_config(path, lambda: TextConfig(
-      vocab_size=vocab, context_length=context, width=width, depth=depth,
-      heads=heads or _rule_heads(width, 64, "text", "text_heads", path),
-      mlp_dim=mlp, embed_dim=embed,
-      act="gelu", causal=True, pool="eot", eot_token_id=None,
-      proj_bias=False, norm_eps=_EPS))
+  context = t.shape(prefix + "positional_embedding", "the context length")[0]
+  blocks = prefix + "transformer.resblocks"
+  depth = T.count_blocks(t, blocks + ".", ".", path)
+  mlp = t.shape(f"{blocks}.0.mlp.c_fc.weight", "the text MLP width")[0]
+  sizes = dict(vocab_size=vocab, context_length=context, width=width,
+               depth=depth, mlp_dim=mlp, embed_dim=embed,
+               heads=heads or _rule_heads(width, max(1, width // 64), "text",
+                                          "text_heads", path))
   txt = {
       "token_embed": t.get(vocab_key, (vocab, width)),
       "pos_embed": t.get(prefix + "positional_embedding", (context, width)),
-      **_official_blocks(t, blocks, depth, width, mlp),
-      "ln_final": _ln(t, prefix + "ln_final", width),
+      **resblocks(t, blocks, depth, width, mlp),
+      "ln_final": T.torch_layer_norm(t, prefix + "ln_final", width),
       # x @ text_projection: already [in, out].
       "proj": {"kernel": t.get(prefix + "text_projection", (width, embed))},
   }
-  return config, txt
+  return sizes, txt
 
 
 def _check_config_file(config: ModelConfig, layout: str, data: dict,
@@ -457,140 +388,95 @@ def _check_config_file(config: ModelConfig, layout: str, data: dict,
 
 
 def convert_pe_core(arrays: Mapping[str, np.ndarray], path: str,
-                    layout: str | None = None, config_file: dict | None = None,
-                    *, vision_heads: int | None = None,
+                    config_file: Mapping[str, Any] | None = None, *,
+                    vision_heads: int | None = None,
                     text_heads: int | None = None,
                     pool_heads: int | None = None
-                    ) -> tuple[ModelConfig, dict, str]:
-  """PE-Core arrays in any of the three layouts -> (config, params, layout).
+                    ) -> tuple[ModelConfig, dict]:
+  """PE-Core arrays in any of the three layouts -> (config, params).
 
   Args:
     arrays: the flat state dict (wrappers / ``module.`` already removed).
     path: for messages.
-    layout: "official", "open_clip" or "timm"; None: from the keys.
     config_file: ``open_clip_config.json`` / timm ``config.json`` contents,
       checked against the shapes.
     vision_heads, text_heads, pool_heads: override PE-Core's head rule.
 
   Raises:
-    CheckpointError: unknown layout, missing / mis-shaped / unexpected
+    CheckpointError: not PE-Core keys, missing / mis-shaped / unexpected
       tensors (all listed), or a config file that disagrees with them.
   """
-  layout = layout or _layout_of_keys(set(arrays))
-  if layout not in ("official", "open_clip", "timm"):
-    raise CheckpointError(f"{path}: not a PE-Core checkpoint (layout "
-                          f"{layout!r})")
+  layout = _layout_of_keys(arrays.keys())
+  if layout is None:
+    raise CheckpointError(
+        f"{path}: not a PE-Core checkpoint: expected 'visual.attn_pool.probe'"
+        " (official .pt), 'visual.trunk.attn_pool.latent' (open_clip) or "
+        f"'attn_pool.latent' (timm); found {listing(sorted(arrays))}")
   config_file = config_file or {}
   t = Tensors(arrays, path)
-  if layout == "official":
-    vprefix = "visual." if "visual.attn_pool.probe" in t else ""
-    v = _Vision(vprefix, timm=False)
-  elif layout == "open_clip":
-    v = _Vision("visual.trunk.", timm=True)
-  else:
-    v = _Vision("", timm=True)
-  vision, img = _vision(t, v, path, vision_heads, pool_heads)
-  has_text = "token_embedding.weight" in t or "text.token_embedding.weight" in t
+  prefix = {"official": "visual." if "visual.attn_pool.probe" in t else "",
+            "open_clip": "visual.trunk.", "timm": ""}[layout]
+  vision, img = _vision(t, prefix, layout != "official", path, vision_heads,
+                        pool_heads)
   if layout == "open_clip" and text_heads is None:
     cfg = config_file.get("model_cfg", config_file)
     text_heads = cfg.get("text_cfg", {}).get("heads")
-  if has_text:
-    tprefix = "text." if layout == "open_clip" else ""
-    text, txt = _text(t, tprefix, path, vision.embed_dim, text_heads)
+  tprefix = "text." if layout == "open_clip" else ""
+  params = {"img": img, "logit_scale": (
+      t.scalar("logit_scale") if "logit_scale" in t
+      else np.asarray(LOGIT_SCALE_INIT, np.float32))}
+  if tprefix + "token_embedding.weight" in t:
+    text, params["txt"] = _text(t, tprefix, path, vision["embed_dim"],
+                                text_heads)
+    config = T.make_config(path, "pe_core", vision, text)
   else:
+    config = T.make_config(path, "pe_core", vision,
+                           dict(embed_dim=vision["embed_dim"]))
     what = ("timm vision-only weights" if layout == "timm"
             else "a vision-only PE state dict")
-    text = AbsentTextConfig(
-        embed_dim=vision.embed_dim, context_length=32,
-        reason=(f"{path} holds {what}: this model has no text tower; "
-                + _GET_INSTEAD))
-    txt = None
-  if "logit_scale" in t:
-    shape = t.shape("logit_scale")
-    scale = t.get("logit_scale", shape if shape in ((), (1,)) else ())
-    scale = scale.reshape(())
-  else:
-    scale = np.asarray(LOGIT_SCALE_INIT, np.float32)
-  config = common.make_config(path, lambda: ModelConfig(
-      family="pe_core", vision=vision, text=text,
-      logit_scale_init=LOGIT_SCALE_INIT, logit_bias_init=None))
-  if config_file and layout in ("open_clip", "timm"):
+    config = without_text(config, f"{path} holds {what}: this model has no "
+                          f"text tower; {_GET_INSTEAD}")
+  if config_file and layout != "official":
     _check_config_file(config, layout, config_file, path)
   t.finish(what=f"a PE-Core checkpoint ({layout} layout)")
-  params = {"img": img, "logit_scale": scale}
-  if txt is not None:
-    params["txt"] = txt
-  return config, params, layout
+  return config, params
 
 
-class _NoText:
-  """The tokenizer of a vision-only model: raises with the reason."""
-
-  def __init__(self, reason: str, context_length: int):
-    self.reason = reason
-    self.context_length = context_length
-
-  def __call__(self, texts):
-    raise ValueError(self.reason)
+def convert(arrays: Mapping[str, np.ndarray], path: str
+            ) -> tuple[ModelConfig, dict]:
+  """The ``Layout`` entry: PE-Core keys in a torch file, head rule only."""
+  return convert_pe_core(arrays, path)
 
 
-def load_pe_core(path: str | os.PathLike,
-                 tokenizer: common.TokenizerArg = None,
-                 dtype: Any = jnp.float32, *,
-                 vision_heads: int | None = None,
-                 text_heads: int | None = None,
-                 pool_heads: int | None = None) -> Model:
-  """Loads a PE-Core checkpoint in any of its three layouts.
+def load(path: str | os.PathLike, tokenizer: T.TokenizerArg = None,
+         dtype: Any = jnp.float32, *, vision_heads: int | None = None,
+         text_heads: int | None = None, pool_heads: int | None = None
+         ) -> Model:
+  """Loads a PE-Core checkpoint in any of its three layouts (the
+  ``PathLoader`` entry).
 
   Args:
     path: an official ``PE-Core-*.pt``, an open_clip hub folder (or its
       weights file), or timm vision weights (folder or file).
-    tokenizer: None: the packaged OpenAI CLIP BPE (``jaxfsl.pe_tokenizer``,
-      zero padding) when the vocabulary is CLIP's 49408; a path to another
-      ``bpe_simple_vocab_16e6.txt.gz``; or a callable.
+    tokenizer: None: the packaged OpenAI CLIP BPE (zero padding; the
+      family's ``default_tokenizer``) when the vocabulary is CLIP's 49408;
+      a path to another ``bpe_simple_vocab_16e6.txt.gz`` (or its folder); or
+      a callable.
     dtype: compute dtype; parameters stay float32.
     vision_heads, text_heads, pool_heads: override PE-Core's head rule (head
       width 64; 96 for G's vision tower; pool 8 heads) for other sizes.
 
   Returns:
-    The Model: squash resize to S x S, bilinear, mean = std = 0.5
-    (perception_models ``transforms.py``).
+    The Model: squash resize to S x S, bilinear, mean = std = 0.5 (the
+    family's preprocessing).
 
   Raises:
-    FileNotFoundError: ``path`` does not exist.
     CheckpointError: as ``convert_pe_core``, plus unreadable files.
   """
   path = Path(path)
-  if not path.exists():
-    raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-  layout, arrays, config_file, weights = _read(path)
-  config, params, layout = convert_pe_core(
-      arrays, str(weights), layout, config_file, vision_heads=vision_heads,
+  arrays, config_file, weights = _read(path)
+  config, params = convert_pe_core(
+      arrays, str(weights), config_file, vision_heads=vision_heads,
       text_heads=text_heads, pool_heads=pool_heads)
-  # A vision-only model's absent text tower has no parameters.
-  params = common.finalize_params(params, config, weights)
-  if "txt" not in params:
-    tok = _NoText(config.text.reason, config.text.context_length)
-  else:
-    tok = _tokenizer(tokenizer, config)
-  pre = Preprocessing(config.vision.image_size, SIGLIP_MEAN, SIGLIP_STD,
-                      "bilinear")
-  return Model(config=config, params=params, tokenizer=tok,
-               preprocessing=pre, dtype=dtype, name=str(path))
-
-
-def _tokenizer(tokenizer: common.TokenizerArg, config: ModelConfig):
-  from jaxfsl.pe_tokenizer import OpenClipBpeTokenizer, pe_core_tokenizer
-  if callable(tokenizer):
-    return tokenizer
-  context = config.text.context_length
-  if tokenizer is not None:
-    path = Path(tokenizer)
-    if not path.is_file():
-      raise FileNotFoundError(
-          f"tokenizer {str(path)!r}: expected CLIP's "
-          "bpe_simple_vocab_16e6.txt.gz (PE-Core ships no tokenizer files)")
-    return OpenClipBpeTokenizer(context, str(path))
-  if config.text.vocab_size != 49408:
-    return None  # not CLIP's vocabulary: feed token ids
-  return pe_core_tokenizer(context)
+  return T.finalize(config, params, weights, tokenizer=tokenizer,
+                    dtype=dtype)

@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfsl.models.families.pe_core import AbsentTextConfig, PeVisionConfig
 from jaxfsl.models.layers import Block, Dense, LayerNorm
-from jaxfsl.models.pe_config import AbsentTextConfig, PeVisionConfig
 from jaxfsl.models.vit import MapHead, PatchEmbed
 
 Array = jax.Array

@@ -9,8 +9,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxfsl.models.config import ModelConfig
-from jaxfsl.models.pe import AbsentTextTower, PeVisionTower
-from jaxfsl.models.pe_config import AbsentTextConfig, PeVisionConfig
 from jaxfsl.models.text import TextTower
 from jaxfsl.models.vit import VisionTower
 
@@ -34,13 +32,8 @@ class TwoTowers(nn.Module):
   def setup(self):
     kw = dict(dtype=self.dtype, lora_scaling=self.lora_scaling,
               lora_dropout=self.lora_dropout, remat=self.remat)
-    # PE-Core (jaxfsl.models.pe) plugs in its own towers by config type.
-    vision_cls = (PeVisionTower if isinstance(self.config.vision,
-                                              PeVisionConfig) else VisionTower)
-    text_cls = (AbsentTextTower if isinstance(self.config.text,
-                                              AbsentTextConfig) else TextTower)
-    self.img = vision_cls(self.config.vision, **kw)
-    self.txt = text_cls(self.config.text, **kw)
+    self.img = VisionTower(self.config.vision, **kw)
+    self.txt = TextTower(self.config.text, **kw)
     self.logit_scale = self.param(
         "logit_scale", nn.initializers.constant(self.config.logit_scale_init),
         (), jnp.float32)
