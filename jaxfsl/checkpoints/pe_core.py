@@ -69,7 +69,7 @@ from jaxfsl.checkpoints.tensors import Tensors
 from jaxfsl.models.config import ModelConfig
 from jaxfsl.models.families.pe_core import (
     LOGIT_SCALE_INIT,
-    default_vision_heads,
+    vision_head_width,
     without_text,
 )
 from jaxfsl.models.model import Model
@@ -204,15 +204,15 @@ def _timm_blocks(t: Tensors, prefix: str, depth: int, width: int,
   return out
 
 
-def _rule_heads(width: int, heads: int, tower: str, option: str,
+def _rule_heads(width: int, head_width: int, tower: str, option: str,
                 path: str) -> int:
   """PE-Core's head count rule (no checkpoint stores it), checked."""
-  if heads * (width // heads) != width or width // heads not in (64, 96):
+  if width % head_width:
     raise CheckpointError(
         f"{path}: {tower} width {width} is not a multiple of PE-Core's head "
-        f"width (64; 96 for G's vision tower), so the head count cannot be "
-        f"inferred; pass {option}=N (load_model(path, {option}=N))")
-  return heads
+        f"width {head_width}, so the head count cannot be inferred; pass "
+        f"{option}=N (load_model(path, {option}=N))")
+  return width // head_width
 
 
 def _pool(t: Tensors, k, timm: bool, width: int, mlp: int) -> dict:
@@ -289,8 +289,8 @@ def _vision(t: Tensors, prefix: str, timm: bool, path: str,
   sizes = dict(
       image_size=grid * patch, patch_size=patch, width=width, depth=depth,
       heads=heads or _rule_heads(
-          width, default_vision_heads(width, class_token), "vision",
-          "vision_heads", path),
+          width, vision_head_width(width, class_token),
+          "vision", "vision_heads", path),
       mlp_dim=mlp, embed_dim=embed, proj_bias=proj_bias,
       class_token=class_token, pool_heads=pool_heads or 8,
       pool_mlp_dim=pool_mlp)
@@ -335,8 +335,8 @@ def _text(t: Tensors, prefix: str, path: str, embed: int, heads: int | None
   mlp = t.shape(f"{blocks}.0.mlp.c_fc.weight", "the text MLP width")[0]
   sizes = dict(vocab_size=vocab, context_length=context, width=width,
                depth=depth, mlp_dim=mlp, embed_dim=embed,
-               heads=heads or _rule_heads(width, max(1, width // 64), "text",
-                                          "text_heads", path))
+               heads=heads or _rule_heads(width, 64, "text", "text_heads",
+                                          path))
   txt = {
       "token_embed": t.get(vocab_key, (vocab, width)),
       "pos_embed": t.get(prefix + "positional_embedding", (context, width)),

@@ -139,11 +139,15 @@ def default_tokenizer(text: TextConfig):
   return pe_core_tokenizer(text.context_length)
 
 
+def vision_head_width(width: int, class_token: bool) -> int:
+  """PE-Core's vision head width: 64, or 96 for G (width 1536 without a
+  class token). No checkpoint stores head counts."""
+  return 96 if (width == 1536 and not class_token) else 64
+
+
 def default_vision_heads(width: int, class_token: bool) -> int:
-  """PE-Core's vision head count: width / 64, or width / 96 for G (width
-  1536 without a class token). No checkpoint stores it."""
-  head_width = 96 if (width == 1536 and not class_token) else 64
-  return max(1, width // head_width)
+  """PE-Core's vision head count, width / ``vision_head_width``."""
+  return max(1, width // vision_head_width(width, class_token))
 
 
 def _family(presets=None) -> Family:
