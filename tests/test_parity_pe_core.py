@@ -34,7 +34,7 @@ from timm.models.eva import checkpoint_filter_fn  # noqa: E402
 import jaxfsl  # noqa: E402
 from jaxfsl.checkpoints import CheckpointError  # noqa: E402
 from jaxfsl.models.pe import rope_2d_angles  # noqa: E402
-from jaxfsl.tokenizers.pe import PeCoreTokenizer  # noqa: E402
+from jaxfsl.tokenizers.pe import pe_core_tokenizer  # noqa: E402
 
 TEXTS = ["a photo of a dog.", "Hello,   WORLD!!! &amp; friends?",
          "naïve café — “quotes” 東京 😀 ÉCOLE", "it's 4.5 we'll",
@@ -223,14 +223,18 @@ def case(request, tmp_path_factory, ref_tokenizer):
   paths["timm"] = folder
   return dict(name=name, c=c, model=model, pixels=pixels, ids=ids,
               feats=feats, with_bias_feats=with_bias_feats, paths=paths,
-              official=official, trunk=trunk)
+              official=official, trunk=trunk, loaded={})
 
 
 def _load(case, layout):
-  options = dict(case["c"]["options"])
-  if layout.startswith("open_clip"):
-    options.pop("text_heads", None)  # the config file states it
-  return jaxfsl.load_model(case["paths"][layout], **options)
+  """The loaded model, once per case and layout (tests only read it)."""
+  if layout not in case["loaded"]:
+    options = dict(case["c"]["options"])
+    if layout.startswith("open_clip"):
+      options.pop("text_heads", None)  # the config file states it
+    case["loaded"][layout] = jaxfsl.load_model(case["paths"][layout],
+                                               **options)
+  return case["loaded"][layout]
 
 
 def _jax_pixels(pixels):
@@ -337,7 +341,7 @@ def test_tokenizer_matches_open_clip(ref_tokenizer, context):
   texts = TEXTS + ["", "<end_of_text> x <START_OF_TEXT>", "tab\tnew\nline",
                    "mojibake: Ã©", "İstanbul ß ﬁ", "a" * 300, "1,234.5%!?",
                    " ".join(["word"] * 100)]
-  ours = PeCoreTokenizer(context)(texts)
+  ours = pe_core_tokenizer(context)(texts)  # cached: built once a session
   ref = ref_tokenizer(texts, context_length=context).numpy()
   np.testing.assert_array_equal(ours, ref)
   assert ours.dtype == np.int32
