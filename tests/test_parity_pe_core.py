@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from unittest import mock
 
 import _torchvision_shim
@@ -34,7 +35,10 @@ from timm.models.eva import checkpoint_filter_fn  # noqa: E402
 import jaxfsl  # noqa: E402
 from jaxfsl.checkpoints import CheckpointError  # noqa: E402
 from jaxfsl.models.pe import rope_2d_angles  # noqa: E402
-from jaxfsl.tokenizers.pe import pe_core_tokenizer  # noqa: E402
+from jaxfsl.tokenizers.pe import (  # noqa: E402
+    default_bpe_path,
+    pe_core_tokenizer,
+)
 
 TEXTS = ["a photo of a dog.", "Hello,   WORLD!!! &amp; friends?",
          "naïve café — “quotes” 東京 😀 ÉCOLE", "it's 4.5 we'll",
@@ -269,6 +273,25 @@ def test_features_match_open_clip(case, layout):
                                rtol=1e-6)
   assert model.preprocessing.mean == (0.5, 0.5, 0.5)
   assert model.preprocessing.resample == "bilinear"
+
+
+def test_legacy_torch_file_through_the_layout_registry(case, tmp_path):
+  """A non-zip (legacy pickle) official .pt is not recognised by the path
+  loader's cheap look at the zip; the "pe_core" Layout, tried before
+  OpenAI's, claims it from its keys (head rule only: no options)."""
+  path = tmp_path / "legacy.pt"
+  torch.save(case["official"], path, _use_new_zipfile_serialization=False)
+  if case["c"]["options"]:
+    with pytest.raises(TypeError, match="not understood"):
+      jaxfsl.load_model(path, **case["c"]["options"])
+    return
+  # The tokenizer from a folder holding CLIP's merges (the packaged one's).
+  folder = os.path.dirname(default_bpe_path())
+  model = jaxfsl.load_model(path, tokenizer=folder)
+  assert model.config.family == "pe_core"
+  img = _unit(model.encode_image(_jax_pixels(case["pixels"])))
+  assert np.abs(img - case["feats"][0]).max() <= 1e-4
+  np.testing.assert_array_equal(model.tokenize(TEXTS), case["ids"].numpy())
 
 
 def test_timm_vision_weights_load_as_image_encoder(case):
