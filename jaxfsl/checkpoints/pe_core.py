@@ -40,6 +40,7 @@ Registered in ``jaxfsl.checkpoints`` twice: as a ``PathLoader`` (``detect`` /
 overrides below as ``load_model`` options) and as the "pe_core" torch
 ``Layout`` (``matches`` / ``convert``) before OpenAI's, which shares
 ``visual.conv1``, for torch files the path loader does not recognise.
+
 No layout stores head counts. PE-Core's rule: head width 64 in every tower
 except the G vision tower (96; recognised as width 1536 without a class
 token), 8 heads in the attention pool; ``vision_heads`` / ``text_heads`` /
