@@ -228,8 +228,8 @@ class FewshotTrainer:
     if ids.shape[0] == 1:
       feats = encode((ids[0], keys[0]))
     else:
-      feats = jax.lax.map(encode, (ids, keys)).reshape(
-          -1, self.model.config.embed_dim)
+      feats = jax.lax.map(encode, (ids, keys))
+      feats = feats.reshape(-1, feats.shape[-1])
     return losses.l2_normalize(feats[:num])
 
   # ------------------------------------------------------------ train step
