@@ -1,0 +1,119 @@
+"""The few-shot job end to end on generated data: learns, beats zero-shot,
+writes its files, and resumes after SIGKILL to identical results."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxfsl.configs.fewshot import common, demo
+from jaxfsl.data.fewshot import builders
+from jaxfsl.data.fewshot import split as fsplit
+from jaxfsl.protocols.fewshot import runner
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS, EVERY = 24, 6
+
+
+def job_config():
+  config = demo.get_config()
+  config.steps = STEPS
+  config.fewshot.checkpoint_every = EVERY
+  config.fewshot.log_every = EVERY
+  return config
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("fewshot_ref")
+  return workdir, runner.run(job_config(), workdir)
+
+
+def test_configs_cover_the_eleven_datasets():
+  from jaxfsl.data.fewshot import layouts
+
+  for name in layouts.NAMES:
+    module = __import__(f"jaxfsl.configs.fewshot.{name}",
+                        fromlist=["get_config"])
+    config = module.get_config()
+    assert config.dataset.name == name and config.protocol == "fewshot"
+  config = common.get_config()
+  assert runner.total_steps(config) == 500 * 16
+  config.shot = 4
+  assert runner.total_steps(config) == 2000
+  config.steps = 7
+  assert runner.total_steps(config) == 7
+  tcfg = runner.trainer_config(common.get_config())
+  assert (tcfg.lora.rank, tcfg.lora.alpha, tcfg.lora.towers) == (2, 1.0,
+                                                                 "both")
+  assert (tcfg.batch_size, tcfg.lr, tcfg.weight_decay) == (32, 2e-4, 1e-2)
+  assert tcfg.variant == "none" and tcfg.logit_scale == 100.0
+  bad = common.get_config()
+  bad.method.variant = "visual"
+  with pytest.raises(ValueError, match="none, svl, ra, svl_ra"):
+    runner.trainer_config(bad)
+
+
+def test_job_learns_and_writes_its_files(reference):
+  workdir, results = reference
+  assert results["steps"] == STEPS and results["resumed_from"] == 0
+  vlm = np.asarray(results["losses"]["vlm"])
+  assert vlm[-EVERY:].mean() < 0.7 * vlm[:EVERY].mean(), vlm
+  assert results["test_accuracy"] > results["zero_shot_accuracy"] + 0.1
+  on_disk = json.loads((workdir / "results.json").read_text())
+  assert on_disk["test_accuracy"] == results["test_accuracy"]
+  assert "not a result" in (workdir / "summary.md").read_text()
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  # The split file is CLIP-LoRA's K-shot draw on the prepared dataset.
+  ds = builders.load_fewshot("caltech101", workdir / "data")
+  expected = fsplit.fewshot_split(
+      {"train": ds.items("train"), "val": ds.items("val")}, 4, 1)
+  assert fsplit.read_split(workdir / "fewshot_split.json") == expected
+  assert len(expected["train"]) == 4 * 4 and len(expected["val"]) == 4 * 4
+
+
+KILLED_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_fewshot_runner import job_config
+from jaxfsl.protocols.fewshot import runner
+runner.run(job_config(), {workdir!r})
+"""
+
+
+def test_resume_after_sigkill_is_identical(reference, tmp_path):
+  ref_dir, ref = reference
+  workdir = tmp_path / "job"
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+  env["JAXFSL_FEWSHOT_TEST_STEP_SLEEP"] = "0.5"
+  script = KILLED_SCRIPT.format(tests=str(ROOT / "tests"),
+                                workdir=str(workdir))
+  proc = subprocess.Popen([sys.executable, "-c", script], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  first = workdir / "checkpoints" / str(EVERY)
+  deadline = time.time() + 900
+  try:
+    while not first.is_dir() and proc.poll() is None:
+      assert time.time() < deadline, "no checkpoint appeared"
+      time.sleep(0.2)
+    assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+  finally:
+    proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  assert not (workdir / "results.json").exists()
+  resumed = runner.run(job_config(), workdir)
+  assert 0 < resumed["resumed_from"] < STEPS
+  for term, values in ref["losses"].items():
+    assert resumed["losses"][term] == values, term
+  assert resumed["test_accuracy"] == ref["test_accuracy"]
+  assert (workdir / "fewshot_split.json").read_text() == (
+      ref_dir / "fewshot_split.json").read_text()
