@@ -210,3 +210,50 @@ def test_prepare_data_tool(tmp_path, capsys):
                str(tmp_path / "raw2"), "--data_dir",
                str(tmp_path / "data")]) == 1
   assert "split_zhou_Caltech101.json" in capsys.readouterr().err
+
+
+def test_train_batches_depend_only_on_seed_and_step():
+  from jaxfsl.data.fewshot import pipeline
+
+  rng = np.random.default_rng(0)
+  images = [Image.fromarray(rng.integers(0, 255, (20, 30, 3), np.uint8))
+            for _ in range(5)]
+  labels = [0, 1, 2, 0, 1]
+  make = lambda seed: pipeline.TrainBatches(  # noqa: E731
+      images.__getitem__, labels, seed=seed, batch_size=4, image_size=16,
+      with_clean=True)
+  a = make(1)
+  batches = list(a.iterate(0, 5, num_threads=3))
+  assert len(batches) == 5
+  for step, b in enumerate(batches):
+    direct = make(1)(step)
+    for key in ("images", "clean", "labels"):
+      np.testing.assert_array_equal(b[key], direct[key])
+    assert b["images"].shape == (4, 16, 16, 3) and b["labels"].dtype == np.int32
+  assert not np.array_equal(make(2)(0)["images"], batches[0]["images"])
+  # Each epoch of 5 items is a permutation: steps 0..4 cover 4 epochs.
+  idx = np.concatenate([pipeline.stream_indices(1, s, 4, 5)
+                        for s in range(5)])
+  for e in range(4):
+    assert sorted(idx[5 * e:5 * e + 5]) == list(range(5))
+  # Eval batches: padded to the device multiple, masked.
+  ev = pipeline.EvalBatches(images.__getitem__, labels, batch_size=2,
+                            image_size=8, pad_multiple=4)
+  out = list(ev.iterate())
+  assert len(out) == 3 and out[-1]["images"].shape[0] == 4
+  assert out[-1]["mask"].tolist() == [True, False, False, False]
+
+
+def test_benchmark_tool_pipeline(capsys):
+  import importlib.util
+  from pathlib import Path
+  path = Path(__file__).resolve().parents[1] / "tools" / "benchmark_fewshot.py"
+  spec = importlib.util.spec_from_file_location("_bench_fs", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert module.main(["--model", "tiny-clip", "--image_size", "32",
+                      "--skip_trainer", "--pipeline_batches", "2",
+                      "--batch", "4", "--source_images", "8",
+                      "--source_size", "64", "--threads", "2"]) == 0
+  line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert line["what"] == "pipeline" and line["images_per_s"] > 0
