@@ -117,3 +117,17 @@ def test_resume_after_sigkill_is_identical(reference, tmp_path):
   assert resumed["test_accuracy"] == ref["test_accuracy"]
   assert (workdir / "fewshot_split.json").read_text() == (
       ref_dir / "fewshot_split.json").read_text()
+
+
+def test_resuming_with_another_config_is_refused(tmp_path):
+  config = job_config()
+  runner.check_resumable(config, tmp_path)
+  (tmp_path / "checkpoints").mkdir()
+  config.fewshot.log_every = 1  # Free to change.
+  runner.check_resumable(config, tmp_path)
+  config.shot = 8
+  config.method.variant = "svl"
+  with pytest.raises(ValueError) as e:
+    runner.check_resumable(config, tmp_path)
+  assert "method.variant: 'none' -> 'svl'" in str(e.value)
+  assert "shot: 4 -> 8" in str(e.value) and "restart" in str(e.value)

@@ -41,6 +41,11 @@ from jaxfsl.protocols.fewshot.trainer import FewshotTrainer, TrainerConfig
 from jaxfsl.trainables.lora import LoraConfig
 
 TERMS = ("total", "vlm", "anti_visual", "relation")
+# Keys that may change between a killed run and its resumption.
+_FREE_KEYS = ("restart", "fewshot.log_every", "fewshot.num_workers",
+              "fewshot.prefetch", "fewshot.checkpoint_every",
+              "fewshot.eval_batch_size", "fewshot.eval_zero_shot",
+              "jax_cache_dir", "multihost")
 # Test hook: seconds slept after each iteration (lets the resume test kill a
 # tiny job between two checkpoints). Never set it otherwise.
 _STEP_SLEEP_ENV = "JAXFSL_FEWSHOT_TEST_STEP_SLEEP"
@@ -177,6 +182,40 @@ class _Checkpoints:
     self.manager.close()
 
 
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def check_resumable(config: ml_collections.ConfigDict, workdir: Path
+                    ) -> None:
+  """Records the config in WORKDIR/fewshot_config.json, or, when a previous
+  run left one, checks that only progress/logging keys changed.
+
+  Raises:
+    ValueError: naming every changed key, old and new value.
+  """
+  path = workdir / "fewshot_config.json"
+  new = _flat(json.loads(config.to_json()))
+  if path.is_file() and (workdir / "checkpoints").is_dir():
+    old = _flat(json.loads(path.read_text()))
+    changed = sorted(k for k in set(old) | set(new)
+                     if k not in _FREE_KEYS and old.get(k) != new.get(k))
+    if changed:
+      raise ValueError(
+          f"{workdir} holds a run with another config; changed: " +
+          "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+                    for k in changed) +
+          ". Use another --workdir, or --config.restart=True to discard "
+          "it.")
+  reports.write_json(path, json.loads(config.to_json()))
+
+
 def _evaluate(trainer: FewshotTrainer, params: Any,
               batches: pipeline.EvalBatches, config) -> float:
   text = trainer.text_features(params)
@@ -232,6 +271,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]
     for sub in ("checkpoints", "tensorboard"):
       shutil.rmtree(workdir / sub, ignore_errors=True)
   tcfg = trainer_config(config)
+  check_resumable(config, workdir)
   f = config.fewshot
   ds = open_dataset(config, workdir)
   split = kshot_split(ds, config.shot, config.seed)
@@ -307,10 +347,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]
         rate = float("nan")
       else:
         rate = (k + 1 - timed_steps) / max(now - timed_from, 1e-9)
-      eta = (steps - k - 1) / rate if rate == rate and rate > 0 else None
+      known = rate == rate and rate > 0
+      eta = (steps - k - 1) / rate if known else None
+      speed = f"{rate * tcfg.batch_size:.1f}" if known else "?"
       print(f"iteration {k + 1}/{steps}  loss {history[k, 0]:.4f} "
-            f"(vlm {history[k, 1]:.4f})  "
-            f"{rate * tcfg.batch_size:.1f} images/s  ETA "
+            f"(vlm {history[k, 1]:.4f})  {speed} images/s  ETA "
             f"{format_duration(eta)}", flush=True)
     if (k + 1) % f.checkpoint_every == 0 or last:
       ckpt.save(k + 1, {"params": state.params,
