@@ -131,3 +131,16 @@ def test_resuming_with_another_config_is_refused(tmp_path):
     runner.check_resumable(config, tmp_path)
   assert "method.variant: 'none' -> 'svl'" in str(e.value)
   assert "shot: 4 -> 8" in str(e.value) and "restart" in str(e.value)
+
+
+def test_validate_lists_every_bad_key():
+  config = job_config()
+  runner.validate(config)
+  config.shot = 0
+  config.dataset.name = "mnist"
+  config.fewshot.batch_size = 0
+  with pytest.raises(ValueError) as e:
+    runner.validate(config)
+  msg = str(e.value)
+  assert "shot=0" in msg and "dataset.name='mnist'" in msg
+  assert "fewshot.batch_size=0" in msg

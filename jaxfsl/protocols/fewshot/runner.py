@@ -64,6 +64,43 @@ def _blocks(blocks: Any) -> Any:
   return blocks
 
 
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the values the few-shot protocol reads.
+
+  Raises:
+    ValueError: listing every bad key with its value and what is expected.
+  """
+  c, f = config, config.fewshot
+  bad = []
+
+  def need(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+      bad.append(f"{key}={value!r} (expected {expected})")
+
+  need(c.protocol == "fewshot", "protocol", c.protocol, "'fewshot'")
+  need(c.dataset.name in layouts.SPECS, "dataset.name", c.dataset.name,
+       f"one of {list(layouts.NAMES)}")
+  need(c.shot >= 1, "shot", c.shot, ">= 1")
+  need(c.steps >= 1 or c.steps == -1, "steps", c.steps, ">= 1 or -1")
+  need(c.seed >= 0, "seed", c.seed, ">= 0")
+  need(c.prompt.count("{}") == 1, "prompt", c.prompt, "one '{}'")
+  need(c.method.variant in ("none", "svl", "ra", "svl_ra"),
+       "method.variant", c.method.variant, "none, svl, ra or svl_ra")
+  need(c.method.timing == "begin", "method.timing", c.method.timing,
+       "'begin' (the few-shot protocol has no 'last' window)")
+  need(c.trainable == "lora", "trainable", c.trainable, "'lora'")
+  need(0 < c.method.stage1_fraction <= 1, "method.stage1_fraction",
+       c.method.stage1_fraction, "in (0, 1]")
+  need(c.optim.lr > 0 and 0 < c.optim.min_lr <= c.optim.lr, "optim.min_lr",
+       c.optim.min_lr, f"in (0, optim.lr={c.optim.lr}]")
+  for key in ("iters_per_shot", "batch_size", "eval_batch_size",
+              "text_chunk", "checkpoint_every", "log_every", "num_workers",
+              "prefetch", "fake_classes", "fake_image_size"):
+    need(f[key] >= 1, f"fewshot.{key}", f[key], ">= 1")
+  if bad:
+    raise ValueError("few-shot config: " + "; ".join(bad))
+
+
 def trainer_config(config: ml_collections.ConfigDict) -> TrainerConfig:
   """The trainer's static settings from a job config."""
   if config.method.variant not in ("none", "svl", "ra", "svl_ra"):
@@ -270,6 +307,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]
 
     for sub in ("checkpoints", "tensorboard"):
       shutil.rmtree(workdir / sub, ignore_errors=True)
+  validate(config)
   tcfg = trainer_config(config)
   check_resumable(config, workdir)
   f = config.fewshot
