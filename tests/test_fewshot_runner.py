@@ -144,3 +144,30 @@ def test_validate_lists_every_bad_key():
   msg = str(e.value)
   assert "shot=0" in msg and "dataset.name='mnist'" in msg
   assert "fewshot.batch_size=0" in msg
+
+
+def test_table_means_over_seeds(tmp_path):
+  from jaxfsl.protocols.fewshot.table import fewshot_table, find_results
+
+  def write(name, dataset, shot, seed, acc):
+    d = tmp_path / name
+    d.mkdir()
+    (d / "results.json").write_text(json.dumps({
+        "protocol": "fewshot", "dataset": dataset, "shot": shot,
+        "seed": seed, "variant": "none", "model": "m",
+        "test_accuracy": acc}))
+
+  for seed, acc in ((1, 0.90), (2, 0.92), (3, 0.94)):
+    write(f"c{seed}", "caltech101", 16, seed, acc)
+  write("e1", "eurosat", 16, 1, 0.5)
+  write("e2", "eurosat", 1, 1, 0.25)
+  (tmp_path / "other").mkdir()
+  (tmp_path / "other" / "results.json").write_text('{"protocol": "x"}')
+  results = find_results(tmp_path)
+  assert len(results) == 5
+  table = fewshot_table(results, reference={"caltech101": {16: 93.7}})
+  assert "| dataset | 1-shot | 16-shot |" in table
+  assert "| caltech101 |  | 92.00 (93.7) |" in table
+  assert "| eurosat | 25.00 (n=1) | 50.00 (n=1) |" in table
+  assert "| Average |  | 71.00 |" in table
+  assert fewshot_table([]) == "No few-shot results found."
