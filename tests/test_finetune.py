@@ -261,17 +261,21 @@ SHARDED_SCRIPT = textwrap.dedent("""
     from jaxfsl.protocols.episodic.engine import EpisodeEngine, episode_keys
     model = tiny_model()
     batch = make_batch(model, NUM_EPISODES)
-    out = EpisodeEngine(model, config()).run_batch(
-        batch, episode_keys(0, np.arange(NUM_EPISODES)))
+    engine = EpisodeEngine(model, config())
+    out = engine.run_batch(batch, episode_keys(0, np.arange(NUM_EPISODES)),
+                           return_adapters=True)
+    evaluated = engine.evaluate_adapters(batch, out["adapters"])
     print(json.dumps({{"devices": jax.device_count(),
                       "accuracy": out["stages"]["accuracy"].tolist(),
-                      "total": out["losses"]["total"].tolist()}}))
+                      "total": out["losses"]["total"].tolist(),
+                      "evaluated": evaluated["final"]["accuracy"].tolist()}}))
 """)
 
 
 def test_sharded_over_four_devices_equals_one(together):
   """The same batch on 4 simulated CPU devices (a subprocess: the device
-  count is fixed when JAX starts) equals this process's single device."""
+  count is fixed when JAX starts) equals this process's single device, for
+  training and for evaluate_adapters."""
   assert jax.device_count() == 1
   env = dict(os.environ)
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
@@ -287,6 +291,8 @@ def test_sharded_over_four_devices_equals_one(together):
                              atol=1e-5)
   np.testing.assert_allclose(four["total"], together["losses"]["total"],
                              rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(four["evaluated"],
+                             together["stages"]["accuracy"][:, -1], atol=1e-5)
 
 
 def test_stage_ends_and_window():
