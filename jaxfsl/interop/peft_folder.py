@@ -104,8 +104,6 @@ def peft_config(adapters: Adapters, items: list[common.Entry],
       "modules_to_save": None,
       "rank_pattern": {},
       "alpha_pattern": {},
-      # Not read by PEFT: how jaxfsl described these adapters.
-      "jaxfsl": common.lora_metadata(c),
   }
 
 
