@@ -13,6 +13,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -164,6 +165,38 @@ def test_peft_import_of_peft_written_folder(trained, tmp_path):
   diff = ref.max_normalized_diff(model.encode_image(pixels, lora=adapters),
                                  ref.hf_image_features(tuned, pixels))
   assert diff <= TOL
+
+
+def test_peft_targets_exactly_the_tuned_blocks(tmp_path):
+  """Towers of different depths with a preset ("half-up": vision block 1 of
+  2, text blocks 1-2 of 3) and targets q, o: PEFT adapts exactly those
+  modules and the features agree."""
+  hf = ref.hf_clip(vision_width=48, vision_heads=4, vision_depth=2,
+                   text_width=32, text_heads=2, text_depth=3, seed=4)
+  ref.write_hf(hf, tmp_path / "hf")
+  model = jaxfsl.load_model(str(tmp_path / "hf"))
+  adapters = _random_adapters(model, towers="both", targets=("q", "o"),
+                              blocks="half-up")
+  out = interop.export_adapters(adapters, tmp_path / "peft", "peft",
+                                model=model)
+  tuned = peft.PeftModel.from_pretrained(
+      transformers.CLIPModel.from_pretrained(str(tmp_path / "hf")).eval(),
+      str(out)).eval()
+  got = {n.removeprefix("base_model.model.") for n, m in tuned.named_modules()
+         if isinstance(m, peft.tuners.lora.LoraLayer)}
+  want = {f"{tower}.encoder.layers.{i}.self_attn.{p}"
+          for tower, blocks in (("vision_model", (1,)),
+                                ("text_model", (1, 2)))
+          for i in blocks for p in ("q_proj", "out_proj")}
+  assert got == want
+  pixels = ref.random_pixels(2, 32, seed=9)
+  ids = _ids("clip", 3)
+  assert ref.max_normalized_diff(model.encode_image(pixels, lora=adapters),
+                                 ref.hf_image_features(tuned, pixels)) <= TOL
+  assert ref.max_normalized_diff(model.encode_text(ids, lora=adapters),
+                                 ref.hf_text_features(tuned, ids)) <= TOL
+  back = interop.import_adapters(out, model)
+  assert back.config == adapters.config
 
 
 def _state_from_facts(adapters, position):
@@ -373,19 +406,22 @@ TINY = (
 )
 
 
-@pytest.fixture(scope="module")
-def seeds_job(tmp_path_factory):
-  work = tmp_path_factory.mktemp("seeds") / "job"
+def _run_seeds(work, cache, *flags):
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
              XLA_FLAGS="--xla_backend_optimization_level=0",
              PYTHONPATH=str(REPO))
   env.pop("JAXFSL_TEST_KILL_AT", None)
-  cache = tmp_path_factory.mktemp("xla_cache")
   proc = subprocess.run(
       [sys.executable, "-m", "jaxfsl.main", *TINY, f"--workdir={work}",
-       "--config.seeds=1,2,3", f"--config.jax_cache_dir={cache}"],
+       "--config.seeds=1,2,3", f"--config.jax_cache_dir={cache}", *flags],
       capture_output=True, text=True, timeout=900, cwd=REPO, env=env)
   assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def seeds_job(tmp_path_factory):
+  work = tmp_path_factory.mktemp("seeds") / "job"
+  _run_seeds(work, tmp_path_factory.mktemp("xla_cache"))
   return work
 
 
@@ -411,6 +447,30 @@ def test_seeds_summary_equals_seed_results(seeds_job):
       (seeds_job / f"seed_{s}" / "results.json").read_text())["episodes"]]
                   for s in (1, 2, 3)]
   assert len({tuple(a) for a in per_seed_acc}) > 1
+
+
+def test_seeds_resume_and_eval_only(seeds_job, tmp_path):
+  """Rerunning the command resumes every seed (a removed seed is redone,
+  identically); eval_only re-evaluates every seed's saved adapters."""
+  before = json.loads((seeds_job / "seeds_summary.json").read_text())
+  log = seeds_job / "log.txt"
+  log_size = log.stat().st_size
+  shutil.rmtree(seeds_job / "seed_3")
+  _run_seeds(seeds_job, tmp_path / "cache")
+  after = json.loads((seeds_job / "seeds_summary.json").read_text())
+  assert after == before
+  new_log = log.read_text()[log_size:]
+  assert new_log.count("Resuming: 3 episode(s) already done") == 2
+
+  _run_seeds(seeds_job, tmp_path / "cache", "--config.eval_only=True")
+  summary = json.loads(
+      (seeds_job / "eval_only" / "seeds_summary.json").read_text())
+  assert summary["eval_only"] and summary["seeds"] == [1, 2, 3]
+  for row in summary["per_seed"]:
+    results = json.loads((seeds_job / f"seed_{row['seed']}" / "eval_only" /
+                          "results.json").read_text())
+    assert row["accuracy_mean"] == results["accuracy_mean"]
+    assert results["max_abs_diff_vs_training"] <= 1e-6
 
 
 def test_parse_seeds():
