@@ -515,3 +515,40 @@ def test_export_tool(seeds_job, tmp_path, capsys):
   assert tool.main([str(seeds_job), str(tmp_path / "x"), "--episode", "0",
                     "--format", "npz"]) == 1
   assert "seed_1" in capsys.readouterr().err
+
+
+def test_imported_adapters_evaluate_with_eval_only(tmp_path):
+  """A release .pt imported and installed into a fresh workdir is what
+  eval_only evaluates on every episode."""
+  from jaxfsl.protocols.episodic import runner
+
+  config = runner.load_config(str(REPO / "configs" / "episodic" / "demo.py"))
+  for flag in TINY[1:]:
+    key, value = flag[len("--config."):].split("=")
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = type(node[leaf])(value == "True" if value in (
+        "True", "False") else value)
+  config.lora.rank, config.lora.alpha = 2, 4.0
+  model = runner.load_model(config)
+  path = interop.export_adapters(_random_adapters(model), tmp_path / "a.pt",
+                                 "release")
+  adapters = interop.import_adapters(path, model)
+
+  config.lora.rank = 3
+  with pytest.raises(interop.InteropError, match="--config.lora.rank"):
+    saved_workdir.install_for_eval(adapters, config, tmp_path / "w")
+  config.lora.rank = 2
+  saved_workdir.install_for_eval(adapters, config, tmp_path / "w")
+  config.eval_only = True
+  results = runner.run(config, tmp_path / "w")
+  assert results["eval_only"] and results["num_episodes"] == 3
+  # The installed adapters are what was evaluated: per episode, the
+  # adapted features' statistics differ from the zero-shot model's.
+  for record in results["episodes"]:
+    moved = [abs(record["stages"][m][-1] - record["zero_shot"][m])
+             for m in record["zero_shot"]]
+    assert max(moved) > 1e-4, record["index"]
+  assert saved_workdir.load_saved_adapters(tmp_path / "w", 2) is not None

@@ -109,3 +109,74 @@ def load_saved_adapters(workdir: str | os.PathLike[str], episode: int
 
   params = jax.tree.map(lambda a: np.asarray(a)[row], item["adapters"])
   return Adapters(params=params, config=lora_config_of(config))
+
+
+def install_for_eval(adapters: Adapters, config: Any,
+                     workdir: str | os.PathLike[str]) -> Path:
+  """Stores imported adapters as every episode's adapters of a fresh
+  workdir, so that ``eval_only`` evaluates them on the job's episodes::
+
+    adapters = jaxfsl.import_adapters("lora_weights.pt", model)
+    install_for_eval(adapters, config, "runs/imported")
+    config.eval_only = True
+    runner.run(config, "runs/imported")
+
+  The same adapters serve every episode (one copy per episode on disk, as
+  a training run with save_adapters leaves them).
+
+  Args:
+    adapters: e.g. from ``jaxfsl.import_adapters``.
+    config: the job config ``eval_only`` will run; its ``lora`` settings
+      must describe ``adapters`` (the engine takes the scaling from them).
+    workdir: a workdir without a previous run (no state/ or adapters/).
+
+  Returns:
+    ``workdir/adapters`` (``workdir/config.json`` is written too).
+
+  Raises:
+    InteropError: the config's lora settings differ from the adapters'
+      (naming each field and the flag to set), or the workdir holds a run.
+  """
+  from jaxfsl.protocols.episodic import runner
+
+  workdir = user_path(workdir)
+  for name in ("state", "adapters"):
+    if (workdir / name).exists():
+      raise InteropError(
+          f"{workdir / name} exists: install imported adapters into a fresh "
+          "workdir (not one holding a run)")
+  resolved = runner.resolve(config)
+  want = lora_config_of(resolved)
+  have = adapters.config
+  diffs = [f"lora.{f}: config {getattr(want, f)!r}, adapters "
+           f"{getattr(have, f)!r}"
+           for f in ("rank", "alpha", "targets", "towers", "blocks")
+           if getattr(want, f) != getattr(have, f)]
+  if diffs:
+    raise InteropError(
+        "the job config does not describe these adapters; set "
+        + ", ".join(f"--config.{d.split(':')[0]}" for d in diffs)
+        + " to the adapters' values (" + "; ".join(diffs) + ")")
+  from jaxfsl.io import reports
+
+  # As a training run leaves it: the export tool and readers find the
+  # job's settings beside the adapters.
+  reports.write_text_atomic(workdir / "config.json",
+                            resolved.to_json(indent=2))
+  store = _adapter_store()(workdir / "adapters")
+  epb = int(resolved.episodes_per_batch)
+  try:
+    for start in range(0, int(resolved.episodes), epb):
+      indices = np.arange(start, min(start + epb, resolved.episodes))
+      stacked = _stack(adapters.params, len(indices))
+      store.save(indices, stacked)
+  finally:
+    store.close()
+  return workdir / "adapters"
+
+
+def _stack(tree: Any, n: int) -> Any:
+  import jax
+
+  return jax.tree.map(lambda a: np.repeat(np.asarray(a)[None], n, axis=0),
+                      tree)
