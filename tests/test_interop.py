@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import _reference as ref
@@ -380,6 +381,11 @@ def test_import_errors(tmp_path):
     interop.import_adapters(good, _narrow())
   with pytest.raises(interop.InteropError, match="no such"):
     interop.import_adapters(tmp_path / "missing.pt", model)
+  # PEFT names transformers' CLIP / SigLIP modules: other families refuse.
+  other = types.SimpleNamespace(
+      name="pe", config=types.SimpleNamespace(family="pe_core"))
+  with pytest.raises(interop.InteropError, match="'pe_core'"):
+    interop.export_adapters(adapters, tmp_path / "p2", "peft", model=other)
 
 
 def _narrow():

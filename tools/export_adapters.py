@@ -58,7 +58,14 @@ def main(argv: list[str] | None = None) -> int:
   try:
     config = saved.job_config(args.workdir)
     adapters = saved.load_saved_adapters(args.workdir, args.episode)
-    model = None if args.no_model else runner.load_model(config)
+    model = None
+    if not args.no_model:
+      try:
+        model = runner.load_model(config)
+      except (runner.UserError, CheckpointError) as e:
+        raise runner.UserError(
+            f"{e}\n(pass --no-model to export without loading the "
+            "backbone: no checks, no fingerprint)") from None
     base = config.model.checkpoint if not config.model.init else None
     out = interop.export_adapters(
         adapters, args.out, args.format, model=model,

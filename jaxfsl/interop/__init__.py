@@ -15,6 +15,11 @@ Only LoRA exports to ``peft`` / ``release``; every trainable exports to npz.
   from jaxfsl import interop
   interop.export_adapters(adapters, "out_peft", "peft", model=model)
   adapters = interop.import_adapters("lora_weights.pt", model)
+
+A job's saved adapters (``config.save_adapters=True``) are read with
+``interop.workdir.load_saved_adapters(WORKDIR, episode)`` (what
+``tools/export_adapters.py`` uses); imported adapters are evaluated on a
+job's episodes by ``interop.workdir.install_for_eval`` + ``eval_only``.
 """
 
 from __future__ import annotations

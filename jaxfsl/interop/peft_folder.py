@@ -122,7 +122,8 @@ def export_peft(adapters: Adapters, out: str | os.PathLike[str], *,
     The folder.
 
   Raises:
-    InteropError: the tree is not a LoRA tree or does not fit ``model``.
+    InteropError: the tree is not a LoRA tree, or does not fit ``model``,
+      or ``model`` is not a CLIP / SigLIP (no transformers module names).
   """
   from safetensors.numpy import save_file
 
@@ -130,6 +131,12 @@ def export_peft(adapters: Adapters, out: str | os.PathLike[str], *,
   items = common.entries(adapters)
   common.check_entries(items, adapters.config.rank, "adapters")
   if model is not None:
+    family = model.config.family
+    if family not in ("clip", "siglip"):
+      raise InteropError(
+          f"PEFT export names transformers' CLIPModel / SiglipModel modules; "
+          f"model {getattr(model, 'name', '')!r} is a {family!r} model "
+          "(export it as npz instead)")
     common.check_against_model(adapters, model, "adapters")
   if not items:
     raise InteropError("adapters: the tree holds no LoRA weights")
