@@ -111,7 +111,7 @@ def _setup_logging(workdir: Path) -> py_logging.Handler:
 def main(argv: Sequence[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from jaxfsl.checkpoints.common import CheckpointError
+  from jaxfsl.checkpoints import CheckpointError
   from jaxfsl.data import DataError
   from jaxfsl.protocols.episodic import runner as experiment
 
