@@ -432,9 +432,9 @@ def seeds_job(tmp_path_factory):
 
 
 def test_seeds_summary_equals_seed_results(seeds_job):
-  summary = json.loads((seeds_job / "seeds_summary.json").read_text())
+  summary = json.loads((seeds_job / "seeds.json").read_text())
   assert summary["seeds"] == [1, 2, 3]
-  assert (seeds_job / "seeds_summary.md").is_file()
+  assert "3 seeds" in (seeds_job / "summary.md").read_text()
   means = []
   for row, seed in zip(summary["per_seed"], (1, 2, 3), strict=True):
     results = json.loads(
@@ -446,7 +446,7 @@ def test_seeds_summary_equals_seed_results(seeds_job):
     assert results["complete"] and results["num_episodes"] == 3
     means.append(results["accuracy_mean"])
   assert summary["accuracy_mean"] == pytest.approx(np.mean(means))
-  assert summary["accuracy_std"] == pytest.approx(np.std(means))
+  assert summary["accuracy_std_over_seeds"] == pytest.approx(np.std(means))
   assert summary["complete"]
   # Seeds are different jobs: their episodes differ.
   per_seed_acc = [[r["accuracy"] for r in json.loads(
@@ -458,20 +458,20 @@ def test_seeds_summary_equals_seed_results(seeds_job):
 def test_seeds_resume_and_eval_only(seeds_job, tmp_path):
   """Rerunning the command resumes every seed (a removed seed is redone,
   identically); eval_only re-evaluates every seed's saved adapters."""
-  before = json.loads((seeds_job / "seeds_summary.json").read_text())
+  before = json.loads((seeds_job / "seeds.json").read_text())
   log = seeds_job / "log.txt"
   log_size = log.stat().st_size
   shutil.rmtree(seeds_job / "seed_3")
   _run_seeds(seeds_job, tmp_path / "cache")
-  after = json.loads((seeds_job / "seeds_summary.json").read_text())
+  after = json.loads((seeds_job / "seeds.json").read_text())
   assert after == before
   new_log = log.read_text()[log_size:]
   assert new_log.count("Resuming: 3 episode(s) already done") == 2
 
   _run_seeds(seeds_job, tmp_path / "cache", "--config.eval_only=True")
   summary = json.loads(
-      (seeds_job / "eval_only" / "seeds_summary.json").read_text())
-  assert summary["eval_only"] and summary["seeds"] == [1, 2, 3]
+      (seeds_job / "eval_only" / "seeds.json").read_text())
+  assert summary["seeds"] == [1, 2, 3]
   for row in summary["per_seed"]:
     results = json.loads((seeds_job / f"seed_{row['seed']}" / "eval_only" /
                           "results.json").read_text())

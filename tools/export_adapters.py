@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="do not load the backbone (no checks, no "
                       "fingerprint)")
   args = parser.parse_args(argv)
-  from jaxfsl.checkpoints.common import CheckpointError
+  from jaxfsl.checkpoints import CheckpointError
   from jaxfsl.protocols.episodic import runner
 
   try:

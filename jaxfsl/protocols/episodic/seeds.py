@@ -4,13 +4,14 @@ The few-shot literature reports means over seeds (1, 2, 3). Each seed runs
 as an ordinary job (``runner.run``) with ``config.seed`` set, in its own
 workdir ``WORKDIR/seed_<s>`` (so each is resumable on its own, and a killed
 multi-seed job rerun with the same command continues where it stopped), then
-``WORKDIR/seeds_summary.json`` and ``seeds_summary.md`` collect:
+``jaxfsl.io.reports.write_seeds_summary`` writes ``WORKDIR/seeds.json`` and
+``WORKDIR/summary.md`` (``jaxfsl.io.aggregate.over_seeds``):
 
 * per seed: the mean final accuracy over its episodes ± the 95% interval
-  (``1.96 std / sqrt(n)``, ``jaxfsl.io.aggregate.mean_ci95``), the same for
-  the zero-shot accuracy, the episode count, whether it completed;
-* over seeds: the mean of the per-seed means and their standard deviation
-  (ddof=0), for the final and zero-shot accuracies.
+  (``1.96 std / sqrt(n)``), the same for the zero-shot accuracy, the
+  episode count, whether it completed;
+* over seeds: the mean of the per-seed means (final and zero-shot) and the
+  population std of the per-seed final accuracies.
 
 With ``eval_only`` the summary of the re-evaluated seeds goes to
 ``WORKDIR/eval_only/``.
@@ -19,28 +20,19 @@ With ``eval_only`` the summary of the re-evaluated seeds goes to
 from __future__ import annotations
 
 import copy
-import json
-import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from absl import logging
 
 from jaxfsl.io import aggregate, reports
 from jaxfsl.paths import user_path
 from jaxfsl.protocols.episodic import runner
 
-SUMMARY_JSON = "seeds_summary.json"
-SUMMARY_MD = "seeds_summary.md"
-# Copied from each seed's results into the summary's per-seed rows.
-_PER_SEED_KEYS = ("num_episodes", "complete", "accuracy_mean",
-                  "accuracy_ci95", "zero_shot_accuracy_mean",
-                  "zero_shot_accuracy_ci95")
-_DESCRIBE_KEYS = ("dataset", "way", "shot", "query", "steps", "variant",
-                  "method", "model", "demo", "note")
+SUMMARY_JSON = reports.SEEDS_FILE
+SUMMARY_MD = "summary.md"
 
 
 def parse_seeds(value: Any) -> tuple[int, ...]:
@@ -92,66 +84,6 @@ def seed_config(config: runner.ConfigDict, seed: int) -> runner.ConfigDict:
   return c
 
 
-def summarize(per_seed: Sequence[tuple[int, Path, dict[str, Any]]]
-              ) -> dict[str, Any]:
-  """The seeds summary from (seed, workdir, results dict) per seed.
-
-  Returns:
-    dict: the job description (dataset, way, shot, method, ...), ``seeds``,
-    ``per_seed`` rows (seed, workdir and ``_PER_SEED_KEYS`` copied from each
-    seed's results), ``accuracy_mean`` / ``accuracy_std`` and
-    ``zero_shot_accuracy_mean`` / ``_std`` over the seeds' means (%),
-    ``complete`` (every seed complete).
-  """
-  rows = []
-  for seed, workdir, results in per_seed:
-    row = {"seed": int(seed), "workdir": str(workdir)}
-    row.update({k: results.get(k) for k in _PER_SEED_KEYS})
-    rows.append(row)
-  first = per_seed[0][2] if per_seed else {}
-  summary = {k: first[k] for k in _DESCRIBE_KEYS if k in first}
-  summary["seeds"] = [r["seed"] for r in rows]
-  for key in ("accuracy", "zero_shot_accuracy"):
-    means = [r[f"{key}_mean"] for r in rows
-             if r[f"{key}_mean"] is not None
-             and not math.isnan(r[f"{key}_mean"])]
-    summary[f"{key}_mean"] = (float(np.mean(means)) if means else math.nan)
-    summary[f"{key}_std"] = (float(np.std(means)) if means else math.nan)
-  summary["complete"] = bool(rows) and all(r["complete"] for r in rows)
-  summary["per_seed"] = rows
-  return summary
-
-
-def markdown(summary: dict[str, Any]) -> str:
-  """``seeds_summary.md``: one row per seed, then the mean over seeds."""
-  fmt = aggregate.format_mean_ci
-  title = " ".join(str(summary.get(k, "")) for k in ("method", "dataset"))
-  lines = [f"# {title.strip() or 'Seeds'}: {summary.get('way', '?')}-way "
-           f"{summary.get('shot', '?')}-shot over seeds "
-           f"{', '.join(str(s) for s in summary['seeds'])}", ""]
-  if summary.get("note"):
-    lines += [f"**{summary['note']}**", ""]
-  lines += ["| seed | episodes | accuracy % (mean ± 95% CI) | zero-shot % |",
-            "|---:|---:|---:|---:|"]
-  for r in summary["per_seed"]:
-    done = "" if r["complete"] else " (incomplete)"
-    lines.append(
-        f"| {r['seed']} | {r['num_episodes']}{done} | "
-        f"{fmt(r['accuracy_mean'], r['accuracy_ci95'])} | "
-        f"{fmt(r['zero_shot_accuracy_mean'], r['zero_shot_accuracy_ci95'])} |")
-  lines += [
-      "",
-      f"Mean over {len(summary['seeds'])} seeds: accuracy "
-      f"{summary['accuracy_mean']:.2f} % (std over seeds "
-      f"{summary['accuracy_std']:.2f}), zero-shot "
-      f"{summary['zero_shot_accuracy_mean']:.2f} % (std "
-      f"{summary['zero_shot_accuracy_std']:.2f}).",
-      "",
-      "The ± of each seed is the 95% interval over its episodes "
-      "(1.96 std / sqrt(n)); the std over seeds is of the seed means.", ""]
-  return "\n".join(lines)
-
-
 def run_seeds(config: runner.ConfigDict, workdir: str | os.PathLike[str], *,
               restart: bool | None = None,
               on_batch: Callable[[dict[str, Any]], None] | None = None
@@ -166,7 +98,8 @@ def run_seeds(config: runner.ConfigDict, workdir: str | os.PathLike[str], *,
     on_batch: likewise.
 
   Returns:
-    The summary written to ``seeds_summary.json`` (see ``summarize``).
+    ``aggregate.over_seeds`` of the seeds' results (what ``seeds.json``
+    holds beside the job description).
 
   Raises:
     runner.ConfigError: bad ``seeds``; and whatever ``runner.run`` raises
@@ -184,14 +117,12 @@ def run_seeds(config: runner.ConfigDict, workdir: str | os.PathLike[str], *,
                          seed_workdir(workdir, seed), restart=restart,
                          on_batch=on_batch)
     per_seed.append((seed, seed_workdir(workdir, seed), results))
-  summary = summarize(per_seed)
   out = workdir / "eval_only" if config.eval_only else workdir
-  if config.eval_only:
-    summary["eval_only"] = True
+  runs = [results for _, _, results in per_seed]
+  summary = aggregate.over_seeds(runs)
   if jax.process_index() == 0:
-    reports.write_text_atomic(out / SUMMARY_JSON,
-                              json.dumps(summary, indent=2) + "\n")
-    reports.write_text_atomic(out / SUMMARY_MD, markdown(summary))
-  logging.info("seeds %s: accuracy %.2f %% (std over seeds %.2f)",
-               list(seeds), summary["accuracy_mean"], summary["accuracy_std"])
+    reports.write_seeds_summary(out, runs)
+  logging.info("seeds %s: accuracy %s %% (std over seeds %.2f)", list(seeds),
+               f"{summary['accuracy_mean']:.2f}",
+               summary["accuracy_std_over_seeds"])
   return summary
