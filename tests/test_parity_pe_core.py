@@ -436,12 +436,12 @@ def test_lora_on_pe_blocks_matches_merged_weights():
 
 
 def test_episode_engine_on_pe_core_batch_one_equals_four():
+  from jaxfsl.method.objective import MethodConfig
   from jaxfsl.models import build
+  from jaxfsl.optim import OptimConfig
   from jaxfsl.protocols.episodic.engine import (
     EngineConfig,
     EpisodeEngine,
-    MethodConfig,
-    OptimConfig,
     episode_keys,
   )
   from jaxfsl.trainables import LoraConfig
