@@ -1,0 +1,295 @@
+"""Prompt learners (CoOp, MaPLe): parity with an independent PyTorch reference.
+
+The reference below is written from the methods' public semantics (CoOp's
+``PromptLearner`` / ``TextEncoder``, MaPLe's prompt learner and
+``*_MaPLe`` towers) directly on transformers' CLIP / SigLIP modules
+(embeddings, encoder layers, final norms, projections), row by row with
+explicit slicing, and shares no code with jaxfsl. Small random models are
+built and saved by ``_reference`` (as in test_parity_hf.py) and loaded with
+``jaxfsl.load_model``.
+"""
+
+import _reference as ref
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from jaxfsl import load_model
+from jaxfsl.models.prompting import PromptLayout
+from jaxfsl.models.two_towers import TwoTowers
+
+TOL = 1e-4
+CONTEXT = 16
+EOS = 99
+# Text and vision widths differ so MaPLe's coupling must use both.
+CLIP_KW = dict(vision_width=48, vision_heads=4, vision_depth=3, patch=16,
+               image=32, text_width=40, text_heads=4, text_depth=4, embed=24,
+               eos_token_id=EOS)
+SIGLIP_KW = dict(width=48, heads=4, depth=2, patch=16, image=32,
+                 text_width=40, text_heads=4, text_depth=3)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+  hf = ref.hf_clip(**CLIP_KW, seed=11)
+  folder = ref.write_hf(hf, tmp_path_factory.mktemp("clip") / "hf")
+  return hf, load_model(folder)
+
+
+@pytest.fixture(scope="module")
+def siglip(tmp_path_factory):
+  hf = ref.hf_siglip(**SIGLIP_KW, seed=12)
+  folder = ref.write_hf(hf, tmp_path_factory.mktemp("siglip") / "hf")
+  return hf, load_model(folder)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def placeholder_ids(name_lens, n_ctx, start, eos, pad, suffix, seed,
+                    context=CONTEXT, bos=98, placeholder=5):
+  """Rows ``[bos]*start X*n name(k) suffix.. eos pad..`` (int64 [C, L])."""
+  rng = np.random.default_rng(seed)
+  ids = np.full((len(name_lens), context), pad, np.int64)
+  for row, k in enumerate(name_lens):
+    tokens = ([bos] * start + [placeholder] * n_ctx
+              + list(rng.integers(10, 90, size=k)) + list(suffix) + [eos])
+    ids[row, :len(tokens)] = tokens
+  return ids
+
+
+def normal(shape, seed, scale=0.1):
+  return (np.random.default_rng(seed).normal(size=shape) * scale).astype(
+      np.float32)
+
+
+# ------------------------------------------------------ PyTorch reference
+
+
+def _t(x):
+  return torch.from_numpy(np.asarray(x, np.float32))
+
+
+def ref_prompt_embeddings(token_embeds, ids, ctx, start, position, eos,
+                          n_suffix):
+  """CoOp's prompt assembly, one class at a time: [prefix, ctx/name, rest]."""
+  n = ctx.shape[-2]
+  rows = []
+  for r in range(ids.shape[0]):
+    e = token_embeds[r]
+    c = ctx if ctx.dim() == 2 else ctx[r]
+    eot = int(np.flatnonzero(ids[r] == eos)[0])
+    k = eot - start - n - n_suffix  # class-name tokens
+    prefix, name = e[:start], e[start + n:start + n + k]
+    rest = e[start + n + k:]
+    if position == "end":
+      parts = [prefix, c, name, rest]
+    elif position == "front":
+      parts = [prefix, name, c, rest]
+    else:
+      h = n // 2
+      parts = [prefix, c[:h], name, c[h:], rest]
+    rows.append(torch.cat(parts, 0))
+  return torch.stack(rows)
+
+
+def _layer(layer, x, mask):
+  out = layer(x, mask)
+  return out[0] if isinstance(out, tuple) else out
+
+
+def ref_text(hf, family, ids, ctx, *, start, position="end", n_suffix=1,
+             deep=None):
+  """Prompted text features from transformers' modules ([C, E] numpy)."""
+  tm = hf.text_model
+  n, length = ctx.shape[-2], ids.shape[1]
+  with torch.no_grad():
+    x = tm.embeddings.token_embedding(torch.from_numpy(ids))
+    x = ref_prompt_embeddings(x, ids, _t(ctx), start, position,
+                              EOS if family == "clip" else 1, n_suffix)
+    x = x + tm.embeddings.position_embedding.weight[:length]
+    mask = None
+    if family == "clip":
+      mask = torch.full((length, length), torch.finfo(torch.float32).min)
+      mask = torch.triu(mask, diagonal=1)[None, None]
+    for i, layer in enumerate(tm.encoder.layers):
+      if deep is not None and 1 <= i <= deep.shape[0]:
+        d = _t(deep[i - 1]).expand(x.shape[0], -1, -1)
+        x = torch.cat([x[:, :start], d, x[:, start + n:]], 1)
+      x = _layer(layer, x, mask)
+    x = tm.final_layer_norm(x)
+    if family == "clip":
+      eot = [int(np.flatnonzero(row == EOS)[0]) for row in ids]
+      return hf.text_projection(x[torch.arange(len(ids)), eot]).numpy()
+    return tm.head(x[:, -1]).numpy()
+
+
+def ref_clip_image(hf, pixels, shallow, deep):
+  """MaPLe's image features: prompts appended after the pos-embedded tokens,
+  replaced at layers 1..J-1, the class token read out."""
+  vm = hf.vision_model
+  n = shallow.shape[0]
+  with torch.no_grad():
+    x = vm.embeddings(torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()))
+    x = torch.cat([x, shallow.expand(x.shape[0], -1, -1)], 1)
+    x = vm.pre_layrnorm(x)
+    for i, layer in enumerate(vm.encoder.layers):
+      if 1 <= i <= deep.shape[0]:
+        x = torch.cat([x[:, :-n], deep[i - 1].expand(x.shape[0], -1, -1)], 1)
+      x = _layer(layer, x, None)
+    return hf.visual_projection(vm.post_layernorm(x[:, 0])).numpy()
+
+
+def ref_couple(ctx, kernel, bias):
+  """MaPLe's coupling ``nn.Linear(Wt, Wv)`` with the given weights."""
+  linear = torch.nn.Linear(kernel.shape[0], kernel.shape[1])
+  with torch.no_grad():
+    linear.weight.copy_(_t(kernel).T)
+    linear.bias.copy_(_t(bias))
+    return linear(_t(ctx))
+
+
+# ------------------------------------------------------------- jaxfsl side
+
+
+def ours(model, layout, tree, method, x):
+  module = TwoTowers(model.config, prompt_layout=layout)
+  variables = {"params": model.params}
+  if tree is not None:
+    variables[layout.collection] = jax.tree.map(jnp.asarray, tree)
+  return np.asarray(module.apply(variables, jnp.asarray(x), method=method))
+
+
+# ------------------------------------------------------------------ CoOp
+
+NAME_LENS = (1, 3, 2, 4)
+
+
+@pytest.mark.parametrize("position,csc", [
+    ("end", False), ("middle", False), ("front", False), ("middle", True)])
+def test_coop_clip_matches_reference(clip, position, csc):
+  hf, model = clip
+  n = 4
+  ids = placeholder_ids(NAME_LENS, n, start=1, eos=EOS, pad=EOS, suffix=[7],
+                        seed=0)
+  shape = (len(NAME_LENS), n, 40) if csc else (n, 40)
+  ctx = normal(shape, seed=1)
+  layout = PromptLayout(n_ctx=n, start=1, position=position, eos_id=EOS)
+  got = ours(model, layout, {"ctx": ctx}, "encode_text", ids)
+  want = ref_text(hf, "clip", ids, ctx, start=1, position=position)
+  diff = ref.max_normalized_diff(got, want)
+  print(f"\nCoOp CLIP {position} csc={csc}: {diff:.2e}")
+  assert diff <= TOL
+  # The prompts matter: the placeholder prompt itself encodes differently.
+  plain = ref.hf_text_features(hf, ids)
+  assert ref.max_normalized_diff(got, plain) > 1e-2
+
+
+@pytest.mark.parametrize("position", ["end", "front"])
+def test_coop_siglip_matches_reference(siglip, position):
+  # SigLIP: no start token (the context begins at 0), no "." (the tokenizer
+  # drops punctuation), pad == eos == 1, pooled at the last position.
+  hf, model = siglip
+  n = 3
+  ids = placeholder_ids(NAME_LENS, n, start=0, eos=1, pad=1, suffix=[],
+                        seed=2)
+  ctx = normal((n, 40), seed=3)
+  layout = PromptLayout(n_ctx=n, start=0, position=position, eos_id=1,
+                        n_suffix=0)
+  got = ours(model, layout, {"ctx": ctx}, "encode_text", ids)
+  want = ref_text(hf, "siglip", ids, ctx, start=0, position=position,
+                  n_suffix=0)
+  diff = ref.max_normalized_diff(got, want)
+  print(f"\nCoOp SigLIP {position}: {diff:.2e}")
+  assert diff <= TOL
+  assert ref.max_normalized_diff(got, ref.hf_text_features(hf, ids)) > 1e-2
+
+
+def test_coop_positions_differ(clip):
+  # Guards the position parity cases: the three layouts are told apart.
+  _, model = clip
+  ids = placeholder_ids(NAME_LENS, 4, start=1, eos=EOS, pad=EOS, suffix=[7],
+                        seed=0)
+  ctx = normal((4, 40), seed=1)
+  feats = {p: ours(model, PromptLayout(n_ctx=4, position=p, eos_id=EOS),
+                   {"ctx": ctx}, "encode_text", ids)
+           for p in ("end", "middle", "front")}
+  assert ref.max_normalized_diff(feats["end"], feats["middle"]) > 1e-3
+  assert ref.max_normalized_diff(feats["end"], feats["front"]) > 1e-3
+
+
+# ------------------------------------------------------------------ MaPLe
+
+
+def maple_tree(n, depth, wt, wv, seed):
+  return {
+      "ctx": normal((n, wt), seed),
+      "deep_ctx": normal((depth - 1, n, wt), seed + 1),
+      "proj": {"kernel": normal((wt, wv), seed + 2, 0.2),
+               "bias": normal((wv,), seed + 3)},
+      "deep_proj": {"kernel": normal((depth - 1, wt, wv), seed + 4, 0.2),
+                    "bias": normal((depth - 1, wv), seed + 5)},
+  }
+
+
+@pytest.mark.parametrize("depth", [3, 2])
+def test_maple_clip_matches_reference(clip, depth):
+  # depth 3 of 4 text blocks: the last block passes the prompts through.
+  hf, model = clip
+  n = 2
+  tree = maple_tree(n, depth, 40, 48, seed=20)
+  layout = PromptLayout(n_ctx=n, start=1, eos_id=EOS, depth=depth,
+                        vision=True)
+  ids = placeholder_ids(NAME_LENS, n, start=1, eos=EOS, pad=EOS, suffix=[7],
+                        seed=4)
+  txt = ours(model, layout, tree, "encode_text", ids)
+  want_txt = ref_text(hf, "clip", ids, tree["ctx"], start=1,
+                      deep=tree["deep_ctx"])
+  pixels = ref.random_pixels(3, 32, seed=5)
+  img = ours(model, layout, tree, "encode_image", pixels)
+  shallow = ref_couple(tree["ctx"], tree["proj"]["kernel"],
+                       tree["proj"]["bias"])
+  deep = torch.stack([
+      ref_couple(tree["deep_ctx"][i], tree["deep_proj"]["kernel"][i],
+                 tree["deep_proj"]["bias"][i]) for i in range(depth - 1)])
+  want_img = ref_clip_image(hf, pixels, shallow, deep)
+  dt = ref.max_normalized_diff(txt, want_txt)
+  di = ref.max_normalized_diff(img, want_img)
+  print(f"\nMaPLe CLIP J={depth}: text {dt:.2e} image {di:.2e}")
+  assert dt <= TOL and di <= TOL
+  assert ref.max_normalized_diff(img, ref.hf_image_features(hf, pixels)) > 1e-2
+  # The deep prompts matter (not only the shallow ones).
+  shallow_only = ref_text(hf, "clip", ids, tree["ctx"], start=1)
+  assert ref.max_normalized_diff(txt, shallow_only) > 1e-3
+
+
+def test_maple_patch_embedding_cache(clip):
+  # The engine embeds fixed images once (embed_image) and runs
+  # encode_image_tokens every step: MaPLe's prompts enter after the cache.
+  _, model = clip
+  layout = PromptLayout(n_ctx=2, eos_id=EOS, depth=3, vision=True)
+  tree = jax.tree.map(jnp.asarray, maple_tree(2, 3, 40, 48, seed=30))
+  module = TwoTowers(model.config, prompt_layout=layout)
+  variables = {"params": model.params, "prompts": tree}
+  pixels = jnp.asarray(ref.random_pixels(2, 32, seed=6))
+  tokens = module.apply({"params": model.params}, pixels,
+                        method="embed_image")
+  cached = module.apply(variables, tokens, method="encode_image_tokens")
+  full = module.apply(variables, pixels, method="encode_image")
+  np.testing.assert_allclose(cached, full, rtol=1e-6, atol=1e-6)
+
+
+def test_without_prompts_bit_identical(clip):
+  # A prompt layout with no "prompts" collection runs the plain towers.
+  _, model = clip
+  layout = PromptLayout(n_ctx=2, eos_id=EOS, depth=3, vision=True)
+  ids = placeholder_ids(NAME_LENS, 2, start=1, eos=EOS, pad=EOS, suffix=[7],
+                        seed=7)
+  pixels = ref.random_pixels(2, 32, seed=8)
+  for method, x in (("encode_text", ids), ("encode_image", pixels)):
+    plain = TwoTowers(model.config).apply({"params": model.params},
+                                          jnp.asarray(x), method=method)
+    np.testing.assert_array_equal(
+        ours(model, layout, None, method, x), np.asarray(plain))
