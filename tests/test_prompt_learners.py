@@ -293,3 +293,149 @@ def test_without_prompts_bit_identical(clip):
                                           jnp.asarray(x), method=method)
     np.testing.assert_array_equal(
         ours(model, layout, None, method, x), np.asarray(plain))
+
+
+# ------------------------------------------------------------ Trainables
+
+
+class WordTokenizer:
+  """A word-level stand-in for a checkpoint's tokenizer (vocab 100).
+
+  ``clip=True``: ``[bos] words "." [eos] [eos]..`` (CLIP: start token, "."
+  kept, padded with eos); ``clip=False``: ``words [eos] [eos]..`` with
+  punctuation dropped (SigLIP). Unknown words get fresh ids from 10 up.
+  """
+
+  def __init__(self, clip: bool, eos: int, context: int = CONTEXT):
+    self.clip, self.eos_id, self.context_length = clip, eos, context
+    self.vocab = {".": 7}
+
+  def _id(self, word):
+    if word not in self.vocab:
+      self.vocab[word] = 10 + len(self.vocab)
+    return self.vocab[word]
+
+  def __call__(self, texts):
+    out = np.full((len(texts), self.context_length), self.eos_id, np.int32)
+    for row, text in enumerate(texts):
+      text = text.lower().replace(".", " . " if self.clip else " ")
+      ids = [self._id(w) for w in text.split()]
+      ids = ([98] if self.clip else []) + ids
+      ids = ids[:self.context_length - 1] + [self.eos_id]
+      out[row, :len(ids)] = ids
+    return out
+
+
+def _bound(name, block, model, num_classes=None):
+  from jaxfsl.trainables.base import get_trainable
+  return get_trainable(name, block).bind(model, num_classes)
+
+
+def _apply(model, trainable, tree, method, x):
+  module = TwoTowers(model.config, **trainable.module_kwargs())
+  variables = {"params": model.params, trainable.collection: tree}
+  return np.asarray(jax.jit(module.apply, static_argnames="method")(
+      variables, jnp.asarray(x), method=method))
+
+
+NAMES = ["cat", "sea_lion", "red fox", "dog"]
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_coop_ctx_init_equals_plain_prompt(clip, siglip, family):
+  # The user-checkable identity: CoOp from ctx_init="a photo of a" encodes,
+  # before any step, exactly what "a photo of a {name}." encodes.
+  import dataclasses
+  hf, model = clip if family == "clip" else siglip
+  model = dataclasses.replace(model, tokenizer=WordTokenizer(
+      family == "clip", EOS if family == "clip" else 1))
+  coop = _bound("coop", {"ctx_init": "a photo of a", "n_ctx": 16}, model)
+  assert coop.layout.n_ctx == 4  # overridden to the phrase's token count
+  assert coop.layout.start == (1 if family == "clip" else 0)
+  assert coop.layout.n_suffix == (1 if family == "clip" else 0)
+  assert coop.prompt_template == "a photo of a {}."
+  tree = coop.init(jax.random.PRNGKey(0), model.params, model.config)
+  assert tree["ctx"].shape == (4, 40)
+  ids = coop.text_ids(model.tokenizer, NAMES)
+  got = _apply(model, coop, tree, "encode_text", ids)
+  plain = model.encode_text([f"a photo of a {n.replace('_', ' ')}."
+                             for n in NAMES])
+  np.testing.assert_allclose(ref.l2n(got), ref.l2n(plain), atol=1e-5)
+  # Guard: a perturbed context does move the features (a random one: a
+  # constant shift would vanish in the LayerNorms).
+  moved = _apply(model, coop, {"ctx": tree["ctx"] + normal((4, 40), 3)},
+                 "encode_text", ids)
+  assert ref.max_normalized_diff(moved, plain) > 1e-3
+
+
+def test_coop_trainable_random_init_and_settings(clip):
+  import dataclasses
+  _, model = clip
+  model = dataclasses.replace(model, tokenizer=WordTokenizer(True, EOS))
+  with pytest.raises(ValueError, match="coop.n_ctx=16 does not fit.*16 tok"):
+    _bound("coop", None, model)  # the default 16 in a 16-token context
+  coop = _bound("coop", {"n_ctx": 8}, model)
+  assert coop.towers == frozenset({"text"})
+  assert coop.prompt_template == " ".join(["X"] * 8) + " {}."
+  tree = coop.init(jax.random.PRNGKey(1), model.params, model.config)
+  assert tree["ctx"].shape == (8, 40)
+  assert 0.015 < float(jnp.std(tree["ctx"])) < 0.025
+  csc = _bound("coop", {"n_ctx": 3, "class_specific": True,
+                        "class_token_position": "front"}, model, 4)
+  assert csc.init(jax.random.PRNGKey(1), model.params,
+                  model.config)["ctx"].shape == (4, 3, 40)
+  ids = csc.text_ids(model.tokenizer, NAMES)
+  # Episodes are vmapped: a batch of trees against one backbone.
+  trees = jax.vmap(lambda k: csc.init(k, model.params, model.config))(
+      jax.random.split(jax.random.PRNGKey(2), 3))
+  module = TwoTowers(model.config, **csc.module_kwargs())
+  feats = jax.vmap(lambda t: module.apply(
+      {"params": model.params, "prompts": t}, jnp.asarray(ids),
+      method="encode_text"))(trees)
+  assert feats.shape == (3, 4, 24) and np.all(np.isfinite(feats))
+  with pytest.raises(ValueError, match="coop.n_ctx.*coop.class_token_posit"):
+    _bound("coop", {"n_ctx": 0, "class_token_position": "left"}, model)
+  with pytest.raises(ValueError, match=r"coop.colour.*coop.size"):
+    _bound("coop", {"colour": 1, "size": 2}, model)
+  with pytest.raises(ValueError, match="needs the number of classes"):
+    _bound("coop", {"class_specific": True, "n_ctx": 2}, model)
+  with pytest.raises(RuntimeError, match="bind"):
+    from jaxfsl.trainables.coop import CoopTrainable
+    CoopTrainable().module_kwargs()
+
+
+def test_maple_trainable(clip):
+  import dataclasses
+  _, model = clip
+  model = dataclasses.replace(model, tokenizer=WordTokenizer(True, EOS))
+  with pytest.raises(ValueError, match=r"maple.depth=9 exceeds.*depth <= 3"):
+    _bound("maple", None, model)
+  maple = _bound("maple", {"depth": 3}, model)
+  assert maple.towers == frozenset({"vision", "text"})
+  assert maple.prompt_template == "a photo of a {}."  # "of a" stays text
+  tree = maple.init(jax.random.PRNGKey(0), model.params, model.config)
+  shapes = jax.tree.map(lambda x: x.shape, tree)
+  assert shapes == {"ctx": (2, 40), "deep_ctx": (2, 2, 40),
+                    "proj": {"kernel": (40, 48), "bias": (48,)},
+                    "deep_proj": {"kernel": (2, 40, 48), "bias": (2, 48)}}
+  # ctx = the embeddings of "a", "photo"; deep couplings start identical.
+  ids = maple.text_ids(model.tokenizer, NAMES)
+  np.testing.assert_array_equal(
+      tree["ctx"], model.params["txt"]["token_embed"][ids[0, 1:3]])
+  np.testing.assert_array_equal(tree["deep_proj"]["kernel"][0],
+                                tree["deep_proj"]["kernel"][1])
+  bound = 1 / np.sqrt(40)
+  assert float(jnp.max(jnp.abs(tree["proj"]["kernel"]))) <= bound
+  # Gradients reach every leaf through the image and text features.
+  module = TwoTowers(model.config, **maple.module_kwargs())
+  pixels = jnp.asarray(ref.random_pixels(2, 32, seed=9))
+
+  def loss(t):
+    v = {"params": model.params, "prompts": t}
+    img = module.apply(v, pixels, method="encode_image")
+    txt = module.apply(v, jnp.asarray(ids), method="encode_text")
+    return jnp.sum(jnp.sin(img @ txt.T))
+
+  grads = jax.jit(jax.grad(loss))(tree)
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    assert float(jnp.max(jnp.abs(g))) > 0, path
