@@ -142,6 +142,21 @@ def ref_clip_image(hf, pixels, shallow, deep):
     return hf.visual_projection(vm.post_layernorm(x[:, 0])).numpy()
 
 
+def ref_siglip_image(hf, pixels, shallow, deep):
+  """MaPLe on SigLIP (our choice, see jaxfsl.models.prompting): as CLIP, but
+  the attention-pooling head reads the image tokens without the prompts."""
+  vm = hf.vision_model
+  n = shallow.shape[0]
+  with torch.no_grad():
+    x = vm.embeddings(torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()))
+    x = torch.cat([x, shallow.expand(x.shape[0], -1, -1)], 1)
+    for i, layer in enumerate(vm.encoder.layers):
+      if 1 <= i <= deep.shape[0]:
+        x = torch.cat([x[:, :-n], deep[i - 1].expand(x.shape[0], -1, -1)], 1)
+      x = _layer(layer, x, None)
+    return vm.head(vm.post_layernorm(x[:, :-n])).numpy()
+
+
 def ref_couple(ctx, kernel, bias):
   """MaPLe's coupling ``nn.Linear(Wt, Wv)`` with the given weights."""
   linear = torch.nn.Linear(kernel.shape[0], kernel.shape[1])
@@ -263,6 +278,31 @@ def test_maple_clip_matches_reference(clip, depth):
   # The deep prompts matter (not only the shallow ones).
   shallow_only = ref_text(hf, "clip", ids, tree["ctx"], start=1)
   assert ref.max_normalized_diff(txt, shallow_only) > 1e-3
+
+
+def test_maple_siglip_matches_reference(siglip):
+  hf, model = siglip
+  n, depth = 2, 2
+  tree = maple_tree(n, depth, 40, 48, seed=40)
+  layout = PromptLayout(n_ctx=n, start=0, eos_id=1, n_suffix=0, depth=depth,
+                        vision=True)
+  ids = placeholder_ids(NAME_LENS, n, start=0, eos=1, pad=1, suffix=[],
+                        seed=10)
+  pixels = ref.random_pixels(2, 32, seed=11)
+  txt = ours(model, layout, tree, "encode_text", ids)
+  img = ours(model, layout, tree, "encode_image", pixels)
+  shallow = ref_couple(tree["ctx"], tree["proj"]["kernel"],
+                       tree["proj"]["bias"])
+  deep = ref_couple(tree["deep_ctx"][0], tree["deep_proj"]["kernel"][0],
+                    tree["deep_proj"]["bias"][0])[None]
+  dt = ref.max_normalized_diff(txt, ref_text(
+      hf, "siglip", ids, tree["ctx"], start=0, n_suffix=0,
+      deep=tree["deep_ctx"]))
+  di = ref.max_normalized_diff(img, ref_siglip_image(hf, pixels, shallow,
+                                                     deep))
+  print(f"\nMaPLe SigLIP J={depth}: text {dt:.2e} image {di:.2e}")
+  assert dt <= TOL and di <= TOL
+  assert ref.max_normalized_diff(img, ref.hf_image_features(hf, pixels)) > 1e-2
 
 
 def test_maple_patch_embedding_cache(clip):
