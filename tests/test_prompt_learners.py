@@ -9,6 +9,8 @@ built and saved by ``_reference`` (as in test_parity_hf.py) and loaded with
 ``jaxfsl.load_model``.
 """
 
+import logging
+
 import _reference as ref
 import jax
 import jax.numpy as jnp
@@ -382,15 +384,17 @@ NAMES = ["cat", "sea_lion", "red fox", "dog"]
 
 
 @pytest.mark.parametrize("family", ["clip", "siglip"])
-def test_coop_ctx_init_equals_plain_prompt(clip, siglip, family):
+def test_coop_ctx_init_equals_plain_prompt(clip, siglip, family, caplog):
   # The user-checkable identity: CoOp from ctx_init="a photo of a" encodes,
   # before any step, exactly what "a photo of a {name}." encodes.
   import dataclasses
   hf, model = clip if family == "clip" else siglip
   model = dataclasses.replace(model, tokenizer=WordTokenizer(
       family == "clip", EOS if family == "clip" else 1))
-  coop = _bound("coop", {"ctx_init": "a photo of a", "n_ctx": 16}, model)
+  with caplog.at_level(logging.INFO):
+    coop = _bound("coop", {"ctx_init": "a photo of a", "n_ctx": 16}, model)
   assert coop.layout.n_ctx == 4  # overridden to the phrase's token count
+  assert "coop.n_ctx=16 overridden to 4" in caplog.text
   assert coop.layout.start == (1 if family == "clip" else 0)
   assert coop.layout.n_suffix == (1 if family == "clip" else 0)
   assert coop.prompt_template == "a photo of a {}."
