@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 from jax.sharding import Mesh
 
 from jaxfsl import parallel
@@ -233,8 +234,16 @@ class EpisodeEngine:
     self.config = config
     self.mesh = parallel.make_mesh() if mesh is None else mesh
     self.axis = parallel.episode_axis(self.mesh)
-    self.trainable: Trainable = get_trainable(config.trainable,
-                                              config.trainable_block)
+    trainable = get_trainable(config.trainable, config.trainable_block)
+    if hasattr(trainable, "bind"):
+      # Prompt learners read the tokenizer (where the text starts, the init
+      # phrase's tokens) and the class count (class-specific contexts).
+      trainable = trainable.bind(model, config.way)
+    self.trainable: Trainable = trainable
+    if config.method.uses_svl and not trainable.tunes_vision:
+      logging.info(
+          "trainable %r leaves the image features fixed: the SVL term has "
+          "no gradient and is skipped", trainable.name)
     self.module = TwoTowers(model.config, dtype=model.dtype,
                             remat=config.remat,
                             **self.trainable.module_kwargs())
@@ -376,7 +385,7 @@ class EpisodeEngine:
     relation_matrix = prev_relation
     start, end = window = cfg.window
     if with_extras:
-      if method.uses_svl:
+      if method.uses_svl and self.tune_vision:
         slots = losses.sample_shuffled_slots(slot_rng, f.shape[0], cfg.way)
         raw["anti_visual"] = losses.anti_visual_loss(f, y, slots, scale)
       if method.needs_clean_pass:
