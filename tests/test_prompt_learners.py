@@ -400,10 +400,11 @@ def test_coop_ctx_init_equals_plain_prompt(clip, siglip, family, caplog):
   assert coop.prompt_template == "a photo of a {}."
   tree = coop.init(jax.random.PRNGKey(0), model.params, model.config)
   assert tree["ctx"].shape == (4, 40)
-  ids = coop.text_ids(model.tokenizer, NAMES)
+  # The engine passes the plain prompts' ids; CoOp's own are the same here.
+  ids = model.tokenize([f"a photo of a {n.replace('_', ' ')}." for n in NAMES])
+  np.testing.assert_array_equal(coop.text_ids(model.tokenizer, NAMES), ids)
   got = _apply(model, coop, tree, "encode_text", ids)
-  plain = model.encode_text([f"a photo of a {n.replace('_', ' ')}."
-                             for n in NAMES])
+  plain = model.encode_text(ids)
   np.testing.assert_allclose(ref.l2n(got), ref.l2n(plain), atol=1e-5)
   # Guard: a perturbed context does move the features (a random one: a
   # constant shift would vanish in the LayerNorms).
@@ -428,7 +429,7 @@ def test_coop_trainable_random_init_and_settings(clip):
                         "class_token_position": "front"}, model, 4)
   assert csc.init(jax.random.PRNGKey(1), model.params,
                   model.config)["ctx"].shape == (4, 3, 40)
-  ids = csc.text_ids(model.tokenizer, NAMES)
+  ids = model.tokenize([f"a photo of a {n}." for n in NAMES])
   # Episodes are vmapped: a batch of trees against one backbone.
   trees = jax.vmap(lambda k: csc.init(k, model.params, model.config))(
       jax.random.split(jax.random.PRNGKey(2), 3))
@@ -463,7 +464,7 @@ def test_maple_trainable(clip):
                     "proj": {"kernel": (40, 48), "bias": (48,)},
                     "deep_proj": {"kernel": (2, 40, 48), "bias": (2, 48)}}
   # ctx = the embeddings of "a", "photo"; deep couplings start identical.
-  ids = maple.text_ids(model.tokenizer, NAMES)
+  ids = model.tokenize([f"a photo of a {n}." for n in NAMES])
   np.testing.assert_array_equal(
       tree["ctx"], model.params["txt"]["token_embed"][ids[0, 1:3]])
   np.testing.assert_array_equal(tree["deep_proj"]["kernel"][0],
@@ -483,3 +484,43 @@ def test_maple_trainable(clip):
   grads = jax.jit(jax.grad(loss))(tree)
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     assert float(jnp.max(jnp.abs(g))) > 0, path
+
+
+LONG = "a very long class name that fills up the whole context"
+
+
+@pytest.mark.parametrize("family,block", [
+    ("clip", {"n_ctx": 8}),             # 4 template tokens -> 8: tail right
+    ("clip", {"n_ctx": 2, "class_token_position": "front"}),   # tail left
+    ("siglip", {"n_ctx": 6}),
+    ("clip", {"ctx_init": "itap of a"}),
+    ("maple", {"ctx_init": "a good photo of the", "n_ctx": 2}),
+])
+def test_plain_ids_rewritten_to_learner_prompts(family, block):
+  # The text tower rewrites the engine's plain-prompt ids into the learner's
+  # prompts: exactly what the tokenizer gives for the learner's own strings,
+  # truncation (EOT kept last) included.
+  import types
+
+  from jaxfsl.models.prompting import relayout_ids
+  clip_like = family != "siglip"
+  tok = WordTokenizer(clip_like, EOS if clip_like else 1)
+  model = types.SimpleNamespace(tokenizer=tok, config=types.SimpleNamespace(
+      text=types.SimpleNamespace(depth=4), vision=types.SimpleNamespace(
+          depth=4)))
+  name = "maple" if family == "maple" else "coop"
+  for template in ("a photo of a {}.", "{} texture."):
+    learner = _bound(name, dict(block, **({"depth": 2} if name == "maple"
+                                          else {})), model)
+    learner = learner.bind(model, template=template)
+    layout = learner.layout
+    # A truncated plain row cannot regain its lost tokens: the long name
+    # only where the learner's prefix is no shorter than the template's.
+    longer = len(layout.prefix_ids) >= layout.template_prefix_len
+    names = NAMES + ([LONG] if longer else [])
+    plain = tok([template.format(n.replace("_", " ")) for n in names])
+    got = np.asarray(relayout_ids(jnp.asarray(plain), learner.layout))
+    suffix = template.split("{}")[1]
+    prefix = learner.prompt_template[:-len(" {}.")]
+    want = tok([f"{prefix} {n.replace('_', ' ')}{suffix}" for n in names])
+    np.testing.assert_array_equal(got, want, err_msg=f"{block} {template}")

@@ -75,6 +75,14 @@ class PromptLayout:
       receive learned prompts; 1 is CoOp's shallow prompt.
     vision: MaPLe's coupled vision prompts.
     collection: the variable collection holding the tree.
+    prefix_ids: None: the token ids given to the text tower are already the
+      learner's prompts. Otherwise they are plain template prompts (e.g. "a
+      photo of a {name}.", whose prefix has ``template_prefix_len`` tokens)
+      and the tower first rewrites them (``relayout_ids``) into the
+      learner's, with these ids as the prefix (its first ``n_ctx`` are the
+      learned positions): the engine and the zero-shot baseline then share
+      one set of token ids.
+    template_prefix_len: tokens of the plain template's prefix.
   """
 
   n_ctx: int
@@ -85,9 +93,20 @@ class PromptLayout:
   depth: int = 1
   vision: bool = False
   collection: str = PROMPT_COLLECTION
+  prefix_ids: tuple[int, ...] | None = None
+  template_prefix_len: int = 0
 
   def __post_init__(self):
     errors = []
+    if self.prefix_ids is not None:
+      object.__setattr__(self, "prefix_ids",
+                         tuple(int(i) for i in self.prefix_ids))
+      if len(self.prefix_ids) < self.n_ctx:
+        errors.append(f"prefix_ids has {len(self.prefix_ids)} tokens, fewer "
+                      f"than n_ctx={self.n_ctx}")
+    if self.template_prefix_len < 0:
+      errors.append(f"template_prefix_len={self.template_prefix_len} "
+                    "(expected >= 0)")
     if self.n_ctx < 1:
       errors.append(f"n_ctx={self.n_ctx} (expected >= 1)")
     if self.start < 0:
@@ -142,6 +161,42 @@ def eot_positions(token_ids: Array, eos_id: int | None) -> Array:
   if eos_id is None:
     return jnp.argmax(token_ids, axis=-1)
   return jnp.argmax(token_ids == eos_id, axis=-1)
+
+
+def relayout_ids(token_ids: Array, layout: PromptLayout) -> Array:
+  """Plain template prompts -> the learner's prompts, token for token.
+
+  ``[SOS] t_1..t_m name suffix [EOT] pad..`` (m = template_prefix_len)
+  becomes ``[SOS] p_1..p_k name suffix [EOT] pad..`` (p = prefix_ids), what
+  the tokenizer gives for ``"<prefix> <name><suffix>"`` when the prefix
+  tokenises on its own: the tail shifts by k - m; positions freed at the end
+  repeat the row's last id (padding); a row pushed past the context keeps
+  its end-of-text token last, as the tokenizers truncate. (A plain row that
+  was itself truncated stays so: its lost tokens cannot come back.)
+
+  Args:
+    token_ids: int [N, L] plain prompts.
+    layout: start, prefix_ids, template_prefix_len, eos_id.
+
+  Returns:
+    int [N, L] (``token_ids``' dtype); unchanged when ``prefix_ids`` is None.
+  """
+  if layout.prefix_ids is None:
+    return token_ids
+  length = token_ids.shape[1]
+  s, k, m = layout.start, len(layout.prefix_ids), layout.template_prefix_len
+  p = jnp.arange(length)[None, :]
+  src = p - k + m
+  shifted = jnp.take(token_ids, jnp.clip(src[0], 0, length - 1), axis=1)
+  shifted = jnp.where(src < length, shifted, token_ids[:, -1:])
+  prefix = jnp.asarray(layout.prefix_ids, token_ids.dtype)
+  in_prefix = (p >= s) & (p < s + k)
+  out = jnp.where(in_prefix, prefix[jnp.clip(p - s, 0, k - 1)], shifted)
+  out = jnp.where(p < s, token_ids, out)
+  eot = eot_positions(token_ids, layout.eos_id)
+  eot_id = jnp.take_along_axis(token_ids, eot[:, None], axis=1)
+  pushed_out = (eot - m + k >= length)[:, None]
+  return jnp.where(pushed_out & (p == length - 1), eot_id, out)
 
 
 def insert_context(embeds: Array, token_ids: Array, ctx: Array,
@@ -247,8 +302,13 @@ class TextPrompt:
                deep_ctx: Array | None = None):
     self.layout, self.ctx, self.deep_ctx = layout, ctx, deep_ctx
 
+  def token_ids(self, token_ids: Array) -> Array:
+    """The ids the tower embeds and pools by (see ``relayout_ids``)."""
+    return relayout_ids(token_ids, self.layout)
+
   def embed(self, embeds: Array, token_ids: Array) -> Array:
-    """Token embeddings [N, L, W] -> prompted embeddings (before pos-emb)."""
+    """Token embeddings [N, L, W] of the ``token_ids(...)`` ids -> prompted
+    embeddings (before the position embeddings)."""
     return insert_context(embeds, token_ids, self.ctx, self.layout)
 
   def before_block(self, index: int, x: Array) -> Array:

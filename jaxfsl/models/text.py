@@ -41,8 +41,9 @@ class TextTower(nn.Module):
         checkpoint's tokenizer (padded to L).
       deterministic: False enables LoRA dropout (needs a "dropout" rng).
       prompt: optional prompt-learner hooks (``jaxfsl.models.prompting``):
-        context vectors inserted before the position embeddings, deep prompts
-        before blocks; None runs the plain tower.
+        the ids rewritten into the learner's prompts, context vectors
+        inserted before the position embeddings, deep prompts before blocks;
+        None runs the plain tower.
 
     Returns:
       float32 [N, E] projected (not normalised) text features.
@@ -52,6 +53,8 @@ class TextTower(nn.Module):
       raise ValueError(
           f"expected token ids [N, {c.context_length}], got "
           f"{tuple(token_ids.shape)}")
+    if prompt is not None:
+      token_ids = prompt.token_ids(token_ids)
     embedding = self.param("token_embed", nn.initializers.normal(0.02),
                            (c.vocab_size, c.width), jnp.float32)
     pos = self.param("pos_embed", nn.initializers.normal(0.01),

@@ -19,7 +19,10 @@ SVL term (a function of image features only) has no gradient with CoOp.
 
 Tokenizer-dependent facts (where the text starts, which token ends it, whether
 "." survives tokenisation) are read from the model's tokenizer by
-``PromptText.resolve``; ``bind(model)`` does that before ``init``.
+``PromptText.resolve``; ``bind(model)`` does that before ``init``. The engine
+keeps passing the plain prompts' token ids ("a photo of a {name}.", what the
+zero-shot baseline encodes): the text tower rewrites them into CoOp's prompts
+(``jaxfsl.models.prompting.relayout_ids``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ from absl import logging
 from jaxfsl.models.config import ModelConfig
 from jaxfsl.models.prompting import POSITIONS, PROMPT_COLLECTION, PromptLayout
 from jaxfsl.trainables.base import Trainable, register
+
+# The plain class prompt whose token ids the engine passes (config.prompt).
+DEFAULT_TEMPLATE = "a photo of a {}."
 
 # The originals' optimiser (Dassl defaults + configs/trainers/CoOp/vit_b16*:
 # SGD lr 0.002, momentum 0.9, weight decay 5e-4, cosine per epoch, 1 warmup
@@ -125,9 +131,13 @@ class PromptText:
     n_ctx: how many of them (from the first) are learned.
     start: index of the first text token (1 after a start-of-text token).
     eos_id: the end-of-text token id.
-    n_suffix: tokens of the trailing "." (0 when the tokenizer drops it).
+    n_suffix: tokens after the class name (the template's suffix, "." by
+      default; 0 when the tokenizer drops punctuation).
     from_phrase: whether the prefix is an init phrase (its first ``n_ctx``
       token embeddings initialise the context).
+    template_prefix_len: tokens before the class name in the plain template
+      whose token ids the engine passes (``DEFAULT_TEMPLATE``); the text
+      tower rewrites those ids into this learner's prompts.
   """
 
   prefix: str
@@ -137,10 +147,12 @@ class PromptText:
   eos_id: int
   n_suffix: int
   from_phrase: bool
+  template_prefix_len: int = 0
 
   @property
   def template(self) -> str:
-    """The class-prompt template, ``prefix + " {}."`` (for make_batches)."""
+    """This learner's own class prompt, ``prefix + " {}."``: what the
+    rewritten plain prompts spell (with the plain template's suffix)."""
     return self.prefix + " {}."
 
   @property
@@ -149,7 +161,8 @@ class PromptText:
 
   @classmethod
   def resolve(cls, tokenizer: Any, n_ctx: int, ctx_init: str = "", *,
-              phrase_sets_n_ctx: bool, key: str) -> PromptText:
+              phrase_sets_n_ctx: bool, key: str,
+              template: str = DEFAULT_TEMPLATE) -> PromptText:
     """Reads the layout facts from ``tokenizer``.
 
     Args:
@@ -161,11 +174,36 @@ class PromptText:
         MaPLe: the first n_ctx of the phrase's tokens are learned and the
         rest of the phrase stays fixed text.
       key: config block name for messages ("coop", "maple").
+      template: the plain class-prompt template of the token ids the
+        towers will be given (``config.prompt``).
 
     Raises:
       ValueError: no tokenizer / eos_id, a phrase shorter than n_ctx (MaPLe),
-        or no placeholder string tokenising to n_ctx tokens.
+        no placeholder string tokenising to n_ctx tokens, or a template
+        without one "{}" or whose prefix does not tokenise on its own.
     """
+    text = cls._resolve(tokenizer, n_ctx, ctx_init,
+                        phrase_sets_n_ctx=phrase_sets_n_ctx, key=key)
+    if template.count("{}") != 1:
+      raise ValueError(f"{key}: prompt template {template!r} must contain "
+                       "'{}' once (the class name)")
+    head, tail = template.split("{}")
+    head_ids = _content(np.asarray(tokenizer([head.strip()]))[0], text.start,
+                        text.eos_id) if head.strip() else []
+    n_suffix = len(_content(np.asarray(tokenizer([tail]))[0], text.start,
+                            text.eos_id)) if tail.strip() else 0
+    probe = _content(np.asarray(tokenizer([template.format("object")]))[0],
+                     text.start, text.eos_id)
+    if probe[:len(head_ids)] != head_ids:
+      raise ValueError(
+          f"{key}: the prompt template {template!r} does not start with the "
+          f"tokens of {head.strip()!r} once a class name is filled in")
+    return dataclasses.replace(text, n_suffix=n_suffix,
+                               template_prefix_len=len(head_ids))
+
+  @classmethod
+  def _resolve(cls, tokenizer: Any, n_ctx: int, ctx_init: str, *,
+               phrase_sets_n_ctx: bool, key: str) -> PromptText:
     eos_id = getattr(tokenizer, "eos_id", None)
     if tokenizer is None or eos_id is None:
       raise ValueError(
@@ -266,10 +304,17 @@ class CoopTrainable(Trainable):
     # CoOp's init phrase always gives a unified context.
     return self.config.class_specific and not self.config.ctx_init.strip()
 
-  def bind(self, model: Any, num_classes: int | None = None
-           ) -> CoopTrainable:
+  def bind(self, model: Any, num_classes: int | None = None,
+           template: str = DEFAULT_TEMPLATE) -> CoopTrainable:
     """A copy resolved against ``model.tokenizer`` (and the class count for
     class-specific contexts).
+
+    Args:
+      model: a ``jaxfsl.models.Model`` (tokenizer).
+      num_classes: the episode's way (class-specific contexts only).
+      template: the plain prompt template of the token ids the engine
+        passes (``config.prompt``); the text tower rewrites them into CoOp's
+        prompts, so the zero-shot baseline keeps the plain ones.
 
     Raises:
       ValueError: see ``PromptText.resolve``; class-specific contexts
@@ -277,7 +322,8 @@ class CoopTrainable(Trainable):
     """
     c = self.config
     text = PromptText.resolve(model.tokenizer, c.n_ctx, c.ctx_init,
-                              phrase_sets_n_ctx=True, key="coop")
+                              phrase_sets_n_ctx=True, key="coop",
+                              template=template)
     if self.class_specific and not num_classes:
       raise ValueError("coop.class_specific=True needs the number of classes "
                        "(the episode's way): bind(model, num_classes=way)")
@@ -295,16 +341,18 @@ class CoopTrainable(Trainable):
     return PromptLayout(n_ctx=t.n_ctx, start=t.start,
                         position=self.config.class_token_position,
                         eos_id=t.eos_id, n_suffix=t.n_suffix,
-                        collection=self.collection)
+                        collection=self.collection, prefix_ids=t.prefix_ids,
+                        template_prefix_len=t.template_prefix_len)
 
   @property
   def prompt_template(self) -> str:
-    """The class-prompt template to tokenise (``make_batches(prompt=...)``)."""
+    """CoOp's own class prompt ("X X .. X {}." or the init phrase's)."""
     return self._bound().template
 
   def text_ids(self, tokenizer: Any, class_names: Sequence[str]
                ) -> np.ndarray:
-    """int32 [C, L] checked placeholder prompts (see ``PromptText``)."""
+    """int32 [C, L]: CoOp's own prompts tokenised and checked (what the
+    text tower's rewrite of the plain prompts equals; for inspection)."""
     return self._bound().text_ids(tokenizer, class_names)
 
   def init(self, rng: jax.Array, backbone_params: dict,

@@ -13,7 +13,9 @@ and vision widths from the model config, J the prompt depth)::
 The couplings start as PyTorch's ``nn.Linear`` default (U(+-1/sqrt(Wt)) for
 weight and bias); the J-1 deep couplings start identical, as MaPLe clones one
 layer. The class prompt keeps the whole init phrase ("a photo of a
-{name}."): only its first n tokens are learned, the rest stays fixed text.
+{name}."): only its first n tokens are learned, the rest stays fixed text
+(the engine's plain prompt ids are rewritten to it when the template
+differs, as for CoOp).
 Where the prompts enter the towers: ``jaxfsl.models.prompting``. Both towers
 depend on the tree, so SVL and RA both have a gradient path.
 """
@@ -32,7 +34,11 @@ import numpy as np
 from jaxfsl.models.config import ModelConfig
 from jaxfsl.models.prompting import PROMPT_COLLECTION, PromptLayout
 from jaxfsl.trainables.base import Trainable, register
-from jaxfsl.trainables.coop import PromptText, config_from_block
+from jaxfsl.trainables.coop import (
+    DEFAULT_TEMPLATE,
+    PromptText,
+    config_from_block,
+)
 
 # The original's optimiser (configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx:
 # SGD lr 0.0035, momentum 0.9, weight decay 5e-4, 5 epochs, batch 4, cosine,
@@ -111,9 +117,10 @@ class MapleTrainable(Trainable):
   def towers(self) -> frozenset[str]:
     return frozenset({"vision", "text"})
 
-  def bind(self, model: Any, num_classes: int | None = None
-           ) -> MapleTrainable:
-    """A copy resolved against ``model`` (tokenizer, tower depths).
+  def bind(self, model: Any, num_classes: int | None = None,
+           template: str = DEFAULT_TEMPLATE) -> MapleTrainable:
+    """A copy resolved against ``model`` (tokenizer, tower depths) and the
+    plain prompt template of the engine's token ids (``config.prompt``).
 
     Raises:
       ValueError: ``maple.depth`` deeper than a tower, or see
@@ -129,7 +136,8 @@ class MapleTrainable(Trainable):
           f"maple.depth={c.depth} exceeds the model's tower depth(s) {bad}; "
           f"use maple.depth <= {min(depths.values())}")
     text = PromptText.resolve(model.tokenizer, c.n_ctx, c.ctx_init,
-                              phrase_sets_n_ctx=False, key="maple")
+                              phrase_sets_n_ctx=False, key="maple",
+                              template=template)
     return MapleTrainable(c, text)
 
   def _bound(self) -> PromptText:
@@ -144,16 +152,18 @@ class MapleTrainable(Trainable):
     return PromptLayout(n_ctx=t.n_ctx, start=t.start, position="end",
                         eos_id=t.eos_id, n_suffix=t.n_suffix,
                         depth=self.config.depth, vision=True,
-                        collection=self.collection)
+                        collection=self.collection, prefix_ids=t.prefix_ids,
+                        template_prefix_len=t.template_prefix_len)
 
   @property
   def prompt_template(self) -> str:
-    """The class-prompt template (``make_batches(prompt=...)``)."""
+    """MaPLe's own class prompt (the init phrase's, "a photo of a {}.")."""
     return self._bound().template
 
   def text_ids(self, tokenizer: Any, class_names: Sequence[str]
                ) -> np.ndarray:
-    """int32 [C, L] checked class prompts (see ``PromptText``)."""
+    """int32 [C, L]: MaPLe's own prompts tokenised and checked (what the
+    text tower's rewrite of the plain prompts equals)."""
     return self._bound().text_ids(tokenizer, class_names)
 
   def init(self, rng: jax.Array, backbone_params: dict,
