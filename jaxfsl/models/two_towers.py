@@ -16,6 +16,14 @@ from jaxfsl.models.vit import VisionTower
 Array = jax.Array
 
 
+def _call(fn: Any, *args: Any, prompt: Any = None) -> Array:
+  # Towers without prompt support (a family's own tower) are called exactly
+  # as before; only a prompt learner's hooks need the keyword.
+  if prompt is None:
+    return fn(*args)
+  return fn(*args, prompt=prompt)
+
+
 class TwoTowers(nn.Module):
   """Image tower ``img``, text tower ``txt``, and the learned logit scale/bias.
 
@@ -86,14 +94,6 @@ class TwoTowers(nn.Module):
                deterministic: bool = True) -> tuple[Array, Array]:
     return (self.encode_image(pixels, deterministic),
             self.encode_text(token_ids, deterministic))
-
-
-def _call(fn: Any, *args: Any, prompt: Any = None) -> Array:
-  # Towers without prompt support (a family's own tower) are called exactly
-  # as before; only a prompt learner's hooks need the keyword.
-  if prompt is None:
-    return fn(*args)
-  return fn(*args, prompt=prompt)
 
 
 def init_params(config: ModelConfig, rng: jax.Array) -> dict:
