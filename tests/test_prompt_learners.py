@@ -455,6 +455,13 @@ def test_maple_trainable(clip):
   model = dataclasses.replace(model, tokenizer=WordTokenizer(True, EOS))
   with pytest.raises(ValueError, match=r"maple.depth=9 exceeds.*depth <= 3"):
     _bound("maple", None, model)
+  # A family's own tower module (PE-Core's RoPE ViT) has no prompt hooks.
+  own = type("OwnVision", (type(model.config.vision),), {"TOWER": "m:Tower"})
+  other = dataclasses.replace(model, config=dataclasses.replace(
+      model.config, vision=own(**dataclasses.asdict(model.config.vision))))
+  with pytest.raises(ValueError, match="maple: the vision tower.*no prompt"):
+    _bound("maple", {"depth": 3}, other)
+  _bound("coop", {"n_ctx": 2}, other)  # CoOp only needs the text tower
   maple = _bound("maple", {"depth": 3}, model)
   assert maple.towers == frozenset({"vision", "text"})
   assert maple.prompt_template == "a photo of a {}."  # "of a" stays text

@@ -17,6 +17,9 @@ Semantics (public references: CoOp, Zhou et al., IJCV 2022,
 ``muzairkhattak/multimodal-prompt-learning`` ``trainers/maple.py`` and
 ``clip/model.py``; details in the session spec ``prompt_learners.md``):
 
+* Text, ids: the towers are given the plain prompts' ids (``[SOS] a photo
+  of a name . [EOT]``, what zero-shot encodes); with ``prefix_ids`` set they
+  are first rewritten into the learner's own prompt (``relayout_ids``).
 * Text, layer 0: the tokenised placeholder prompt ``[SOS] X..X name . [EOT]``
   is embedded; the ``n`` context vectors replace the embeddings of the
   placeholder tokens (``start .. start+n``), or are moved around the class

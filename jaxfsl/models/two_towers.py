@@ -16,6 +16,14 @@ from jaxfsl.models.vit import VisionTower
 Array = jax.Array
 
 
+def _call(fn: Any, *args: Any, prompt: Any = None) -> Array:
+  # Towers without prompt support (a family's own tower) are called exactly
+  # as before; only a prompt learner's hooks need the keyword.
+  if prompt is None:
+    return fn(*args)
+  return fn(*args, prompt=prompt)
+
+
 class TwoTowers(nn.Module):
   """Image tower ``img``, text tower ``txt``, and the learned logit scale/bias.
 
@@ -65,7 +73,7 @@ class TwoTowers(nn.Module):
 
   def encode_image(self, pixels: Array, deterministic: bool = True) -> Array:
     """float [N, S, S, 3] normalised pixels -> float32 [N, E] features."""
-    return self.img(pixels, deterministic, self._vision_prompt())
+    return _call(self.img, pixels, deterministic, prompt=self._vision_prompt())
 
   def embed_image(self, pixels: Array) -> Array:
     """float [N, S, S, 3] -> [N, P, W] frozen patch tokens."""
@@ -74,11 +82,13 @@ class TwoTowers(nn.Module):
   def encode_image_tokens(self, tokens: Array,
                           deterministic: bool = True) -> Array:
     """[N, P, W] patch tokens -> float32 [N, E] features."""
-    return self.img.encode_tokens(tokens, deterministic, self._vision_prompt())
+    return _call(self.img.encode_tokens, tokens, deterministic,
+                 prompt=self._vision_prompt())
 
   def encode_text(self, token_ids: Array, deterministic: bool = True) -> Array:
     """int32 [N, L] -> float32 [N, E] features."""
-    return self.txt(token_ids, deterministic, self._text_prompt())
+    return _call(self.txt, token_ids, deterministic,
+                 prompt=self._text_prompt())
 
   def __call__(self, pixels: Array, token_ids: Array,
                deterministic: bool = True) -> tuple[Array, Array]:

@@ -113,6 +113,20 @@ def config_from_block(cls: type, block: Any, key: str) -> Any:
   return cls(**dict(block))
 
 
+def check_prompt_towers(model_config: Any, towers: Sequence[str],
+                        key: str) -> None:
+  """Raises ValueError when a tower is a family's own module (its config
+  class names one as ``TOWER``): only the shared ``TextTower`` /
+  ``VisionTower`` take prompt hooks."""
+  bad = [t for t in towers
+         if getattr(type(getattr(model_config, t)), "TOWER", None)]
+  if bad:
+    raise ValueError(
+        f"{key}: the {' and '.join(bad)} tower(s) of this "
+        f"{getattr(model_config, 'family', '?')} model are the family's own "
+        "modules, which take no prompt hooks (jaxfsl.models.prompting)")
+
+
 def _content(row: np.ndarray, start: int, eos_id: int) -> list[int]:
   """The ids between the leading special tokens and the end-of-text."""
   ends = np.flatnonzero(row == eos_id)
@@ -318,9 +332,10 @@ class CoopTrainable(Trainable):
 
     Raises:
       ValueError: see ``PromptText.resolve``; class-specific contexts
-        without ``num_classes``.
+        without ``num_classes``; a text tower without prompt hooks.
     """
     c = self.config
+    check_prompt_towers(model.config, ("text",), "coop")
     text = PromptText.resolve(model.tokenizer, c.n_ctx, c.ctx_init,
                               phrase_sets_n_ctx=True, key="coop",
                               template=template)

@@ -37,6 +37,7 @@ from jaxfsl.trainables.base import Trainable, register
 from jaxfsl.trainables.coop import (
     DEFAULT_TEMPLATE,
     PromptText,
+    check_prompt_towers,
     config_from_block,
 )
 
@@ -123,11 +124,12 @@ class MapleTrainable(Trainable):
     plain prompt template of the engine's token ids (``config.prompt``).
 
     Raises:
-      ValueError: ``maple.depth`` deeper than a tower, or see
-        ``PromptText.resolve``.
+      ValueError: ``maple.depth`` deeper than a tower, a tower without
+        prompt hooks, or see ``PromptText.resolve``.
     """
     del num_classes  # MaPLe's prompts are shared by all classes.
     c = self.config
+    check_prompt_towers(model.config, ("text", "vision"), "maple")
     depths = {"text": model.config.text.depth,
               "vision": model.config.vision.depth}
     bad = {k: d for k, d in depths.items() if c.depth > d}
