@@ -111,14 +111,20 @@ def _chestx_manual(root: Path) -> Path:
   return root
 
 
-def test_chestx_stops_on_first_bad_row(tmp_path):
+def test_chestx_lists_every_bad_row(tmp_path):
   manual = _chestx_manual(tmp_path / "raw")
   with pytest.raises(CorruptInputError) as e:
     _build("chestx", tmp_path, manual)
   # Listing problems (missing file, unknown label) come before decoding.
   assert e.value.row == 28 and e.value.file == "images/missing.png"
-  assert "Data_Entry_2017.csv line 28: images/missing.png" in str(e.value)
-  assert "--skip_corrupt" in str(e.value)
+  msg = str(e.value)
+  assert msg.startswith("3 bad input(s) in ")
+  for where in ("line 28: images/missing.png", "line 30: images/typo.png",
+                "line 29: images/bad.png"):
+    assert f"Data_Entry_2017.csv {where}" in msg
+  assert msg.endswith("each one is then listed in a report.")
+  assert "--skip_corrupt" in msg
+  assert [p.row for p in e.value.problems] == [28, 30, 29]
   assert not (tmp_path / "data" / "chestx" / "1.0.0").exists()
 
 
@@ -194,8 +200,22 @@ def test_isic_errors_name_file_and_row(tmp_path):
     _build("isic2018", tmp_path, manual)
   assert (e.value.file, e.value.row) == (
       "ISIC2018_Task3_Training_Input/ISIC_9000001.jpg", 16)
-  assert "line 16" in str(e.value) and "unknown label" in str(e.value)
-  assert "(1 more bad row(s) after this one.)" in str(e.value)
+  msg = str(e.value)
+  assert "line 16" in msg and "unknown label" in msg
+  # Every bad input of the pass, listing and decoding alike, in one error.
+  assert msg.startswith("3 bad input(s) in ")
+  assert "line 17: ISIC2018_Task3_Training_Input/ISIC_9000002.jpg: image " \
+      "file not found" in msg
+  assert "line 18: ISIC2018_Task3_Training_Input/ISIC_9000003.jpg: cannot " \
+      "read image" in msg
+  report = tmp_path / "data" / "isic2018" / "bad_inputs.tsv"
+  assert f"All of them are listed in {report}." in msg
+  assert e.value.report_path == report
+  rows = list(csv.DictReader(report.read_text().splitlines()[1:],
+                             delimiter="\t"))
+  assert [(r["kind"], r["row"]) for r in rows] == [
+      ("bad", "16"), ("bad", "17"), ("bad", "18"), ("ignored", "")]
+  assert rows[-1]["file"].endswith("LICENSE.txt")
 
 
 def test_isic_truncated_image_stops_build(tmp_path):

@@ -170,16 +170,23 @@ def _memory_dataset(counts, names=None):
 
 def test_construction_errors():
   ds = _memory_dataset([5, 5, 3], ["ant", "bee", "cat"])
-  with pytest.raises(ValueError, match=r"'cat' \(label 2\) has 3"):
-    data.EpisodeSampler(ds, way=2, shot=1, query=3)
+  with pytest.raises(ValueError, match=r"'cat' \(label 2\) has 3") as e:
+    data.EpisodeSampler(ds, way=2, shot=1, query=3, image_size=8)
+  # The command-line spelling of the switch (the job's config key).
+  assert "--config.dataset.exclude_small_classes=True" in str(e.value)
   with pytest.raises(ValueError, match="shot=0"):
-    data.EpisodeSampler(ds, way=2, shot=0, query=1)
+    data.EpisodeSampler(ds, way=2, shot=0, query=1, image_size=8)
   with pytest.raises(ValueError, match="query=0"):
-    data.EpisodeSampler(ds, way=2, shot=1, query=0)
+    data.EpisodeSampler(ds, way=2, shot=1, query=0, image_size=8)
   with pytest.raises(ValueError, match="way=4 but the dataset has only 3"):
-    data.EpisodeSampler(ds, way=4, shot=1, query=1)
+    data.EpisodeSampler(ds, way=4, shot=1, query=1, image_size=8)
   with pytest.raises(ValueError, match="seed=-1"):
-    data.EpisodeSampler(ds, way=2, shot=1, query=1, seed=-1)
+    data.EpisodeSampler(ds, way=2, shot=1, query=1, seed=-1, image_size=8)
+  # The image size is the model's: no silent 224 px default.
+  with pytest.raises(TypeError, match="image_size"):
+    data.EpisodeSampler(ds, way=2, shot=1, query=1)
+  with pytest.raises(ValueError, match="image_size=0"):
+    data.EpisodeSampler(ds, way=2, shot=1, query=1, image_size=0)
   # Excluding the small class instead: never drawn.
   s = data.EpisodeSampler(ds, way=2, shot=1, query=3,
                           exclude_small_classes=True, image_size=8)
@@ -187,6 +194,6 @@ def test_construction_errors():
   assert all(2 not in s.plan(i).class_ids for i in range(50))
   with pytest.raises(ValueError, match="way=3 but the dataset has only 2"):
     data.EpisodeSampler(ds, way=3, shot=1, query=3,
-                        exclude_small_classes=True)
+                        exclude_small_classes=True, image_size=8)
   with pytest.raises(ValueError, match="episode index=-1"):
     s.plan(-1)

@@ -98,3 +98,27 @@ def test_abandoned_iterator_stops_its_threads(sampler):
 def test_bad_arguments(sampler):
   with pytest.raises(ValueError, match="episodes_per_batch=0"):
     next(data.iterate_batches(sampler, range(3), 0))
+
+
+def test_resumes_from_any_index(sampler):
+  # Episode i is a pure function of (seed, i): the tail of a run equals a
+  # run started at that index, whatever came before and however threaded.
+  full = list(data.iterate_batches(sampler, range(10), 2, num_workers=2))
+  tail = list(data.iterate_batches(sampler, range(6, 10), 2, num_workers=3))
+  _assert_batches_equal(tail, full[3:])
+
+
+def test_episode_dataset_is_random_access(sampler):
+  episodes = data.pipeline.episode_dataset(sampler, [7, 3, 7])
+  assert len(episodes) == 3
+  for k, i in ((2, 7), (1, 3), (0, 7)):
+    got, want = episodes[k], sampler.episode(i)
+    assert got["index"] == i
+    np.testing.assert_array_equal(got["support_views"],
+                                  want["support_views"])
+  with pytest.raises(data.EpisodeError, match="episode 99 failed"):
+    data.pipeline.episode_dataset(_FailingSampler(sampler, 99), [99])[0]
+
+
+def test_empty_index_list_yields_nothing(sampler):
+  assert list(data.iterate_batches(sampler, [], 2)) == []

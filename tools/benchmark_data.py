@@ -26,6 +26,7 @@ except ImportError:  # Run from a checkout without `pip install -e .`.
 
 from jaxfsl.data import EpisodeSampler, iterate_batches
 from jaxfsl.data.prepare import prepare_dataset
+from jaxfsl.paths import user_path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace, data_dir: str) -> list[dict[str, object]]:
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
   if args.data_dir:
-    results = run(args, args.data_dir)
+    results = run(args, str(user_path(args.data_dir)))
   else:
     with tempfile.TemporaryDirectory(prefix="jaxfsl_bench_") as tmp:
       results = run(args, tmp)

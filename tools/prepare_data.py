@@ -6,10 +6,16 @@ r"""Builds one dataset for jaxfsl from its manual download (no network).
       --num_classes 10 --images_per_class 40 --image_size 64 --seed 0
   python tools/prepare_data.py --dataset image_folder --manual_dir ~/my_data \
       --data_dir ~/jaxfsl_data --name my_data --class_names_json names.json
+  python tools/prepare_data.py --dataset eurosat --from_catalog \
+      --data_dir ~/jaxfsl_data
 
-Prints a summary (images per class, skipped and ignored files); with
---skip_corrupt the skipped inputs are also written to skip_report.tsv beside
-the dataset. Exit status 1 with a message naming the file / row on bad input.
+Prints a summary (images per class, skipped, ignored and converted files);
+skipped and ignored inputs are also written to skip_report.tsv beside the
+dataset. On bad inputs (without --skip_corrupt) every one of them is checked:
+exit status 1 with their count, the first few (file / CSV row / reason) and
+bad_inputs.tsv listing them all. Preparing a dataset again from a changed
+source (other folder, files added or changed) is refused with the
+differences; --overwrite rebuilds it. Paths may start with ~ or use $VARS.
 """
 
 from __future__ import annotations
@@ -36,11 +42,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--data_dir", default=str(default_data_dir()),
                  help="where prepared datasets live (default: "
                  "$JAXFSL_DATA_DIR or ~/jaxfsl_data)")
+  p.add_argument("--from_catalog", action="store_true",
+                 help="eurosat / crop_disease: build from the TFDS catalog "
+                 "dataset eurosat/rgb / plant_village instead of "
+                 "--manual_dir (downloading it needs TensorFlow and the "
+                 "internet; see jaxfsl/data/catalog.py)")
+  p.add_argument("--catalog_dir", default=None,
+                 help="TFDS data folder of the catalog dataset (default: "
+                 "TFDS's, ~/tensorflow_datasets)")
   p.add_argument("--skip_corrupt", action="store_true",
                  help="skip bad inputs and list them in a report instead of "
-                 "stopping at the first one")
+                 "failing")
   p.add_argument("--overwrite", action="store_true",
-                 help="rebuild even if already prepared")
+                 help="rebuild even if already prepared (needed when the "
+                 "source changed since)")
   p.add_argument("--num_workers", type=int, default=None,
                  help="image decoding threads (default: min(8, CPUs))")
   p.add_argument("--no_progress", action="store_true",
@@ -69,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         synthetic_classes=args.num_classes,
         synthetic_images_per_class=args.images_per_class,
         synthetic_image_size=args.image_size, synthetic_seed=args.seed,
+        from_catalog=args.from_catalog, catalog_dir=args.catalog_dir,
         progress=not args.no_progress)
   except (DataError, ValueError) as e:
     print(f"ERROR: {e}", file=sys.stderr)

@@ -8,13 +8,15 @@ Build once (no network; raw data downloaded by hand into ``manual_dir``):
 then, in the main job:
 
     ds = jaxfsl.data.load_dataset("eurosat", "~/jaxfsl_data")
-    sampler = jaxfsl.data.EpisodeSampler(ds, way=5, shot=1, query=15, seed=0)
+    sampler = jaxfsl.data.EpisodeSampler(ds, way=5, shot=1, query=15, seed=0,
+                                         image_size=model.image_size)
     for batch in jaxfsl.data.iterate_batches(sampler, range(800), 4):
       ...  # uint8 pixels; normalise on device with the checkpoint's mean/std
 
 Modules: ``sources`` (raw layouts), ``builders`` (TFDS builders), ``prepare``
 (build + report), ``dataset`` (loading), ``episodes`` (sampler), ``augment``
-(views, normalize), ``pipeline`` (threaded batches), ``synthetic``.
+(views, normalize), ``pipeline`` (grain-based batches), ``images`` (reading
+raw images), ``provenance`` (what a dataset was built from), ``synthetic``.
 """
 
 from jaxfsl.data.augment import normalize
@@ -34,6 +36,7 @@ from jaxfsl.data.errors import (
     DatasetNotPreparedError,
     EpisodeError,
     ManualDataError,
+    StaleDatasetError,
 )
 from jaxfsl.data.pipeline import iterate_batches, stack_episodes
 from jaxfsl.data.prepare import PrepareResult, prepare_dataset
@@ -44,4 +47,5 @@ __all__ = [
     "InMemoryDataset", "ManualDataError", "PrepareResult", "dataset_dir",
     "default_data_dir", "iterate_batches", "load_dataset", "normalize",
     "prepare_command", "prepare_dataset", "stack_episodes",
+    "StaleDatasetError",
 ]

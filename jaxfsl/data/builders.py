@@ -23,15 +23,23 @@ Dataset metadata (``metadata.json`` beside ``dataset_info.json``):
                            episode sampler index classes without decoding).
   files         list[str]  the ``file`` of every record.
   num_skipped   int        number of inputs skipped with ``skip_corrupt``.
+  converted_modes dict     Pillow mode -> number of source images stored
+                           after a mode conversion (e.g. "L", "RGBA", "I;16"
+                           (16-bit, scaled to 8 bits)); RGB images absent.
   skipped       list[dict] {file, row, reason} of each skipped input.
   ignored       list[dict] {file, row, reason} of files that are not part of
                            the dataset (non-image files in class folders).
   excluded      dict       rows left out by the protocol, counted by reason.
-  csv_name      str|None   the CSV file ``row`` refers to.
+  csv_name      str|None   the CSV (label) file used, relative to
+                           manual_dir; ``row`` refers to it.
+  source        dict       what the dataset was built from (manual folder,
+                           options, a fingerprint of the listing); see
+                           ``jaxfsl.data.provenance``.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import inspect
 import os
@@ -44,12 +52,46 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
-from jaxfsl.data import sources, synthetic
-from jaxfsl.data.errors import DataError, ManualDataError
+from jaxfsl.data import catalog as _catalog_module
+from jaxfsl.data import images, sources, synthetic
+from jaxfsl.data.errors import CorruptInputError, DataError, ManualDataError
 from jaxfsl.data.sources import Problem, SourceItem, SourceListing
 
-_SKIP_HINT = ("\nPass --skip_corrupt (skip_corrupt=True) to skip bad inputs; "
-              "each one is then listed in a report.")
+SKIP_HINT = ("Pass --skip_corrupt (skip_corrupt=True) to skip bad inputs; "
+             "each one is then listed in a report.")
+MAX_LISTED = 10  # Bad inputs shown in an error message (all in the report).
+
+
+def bad_inputs_message(problems: Sequence[Problem], csv_name: str | None,
+                       root: Path | str, report_path: Path | None = None,
+                       num_ignored: int = 0) -> str:
+  """The error text for bad inputs: count, the first ``MAX_LISTED``, the
+  report holding them all, then the ``--skip_corrupt`` hint."""
+  lines = [f"{len(problems)} bad input(s) in {root}:"]
+  lines += ["  " + p.describe(csv_name) for p in problems[:MAX_LISTED]]
+  if len(problems) > MAX_LISTED:
+    lines.append(f"  ... and {len(problems) - MAX_LISTED} more.")
+  if num_ignored:
+    lines.append(f"({num_ignored} other file(s) ignored: hidden files such "
+                 "as macOS '._*', non-image files, files no CSV row names.)")
+  if report_path is not None:
+    lines.append(f"All of them are listed in {report_path}.")
+  lines.append(SKIP_HINT)
+  return "\n".join(lines)
+
+
+def bad_inputs_error(problems: Sequence[Problem], csv_name: str | None,
+                     root: Path | str, report_path: Path | None = None,
+                     ignored: Sequence[Problem] = ()) -> CorruptInputError:
+  """``CorruptInputError`` for ``problems`` (non-empty); its ``file``, ``row``
+  and ``reason`` are the first one's; ``ignored`` files are counted."""
+  first = problems[0]
+  error = CorruptInputError(
+      bad_inputs_message(problems, csv_name, root, report_path, len(ignored)),
+      file=first.file, row=first.row, reason=first.reason, problems=problems,
+      report_path=report_path, csv_name=csv_name, root=str(root))
+  error.ignored = list(ignored)
+  return error
 
 CHESTX_INSTRUCTIONS = """\
 ChestX-ray14 (NIH Clinical Center): https://nihcc.app.box.com/v/ChestXray-NIHCC
@@ -105,8 +147,13 @@ class CdfslBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   Constructor arguments on top of ``tfds.core.DatasetBuilder``'s:
     skip_corrupt: skip bad inputs (listing them in the metadata) instead of
-      stopping at the first one.
+      failing; without it, every input is still checked and all the bad ones
+      are listed in one ``CorruptInputError``.
     num_workers: threads decoding the images.
+    source_record: stored as ``metadata["source"]`` (what the dataset is
+      built from; see ``jaxfsl.data.provenance``).
+    catalog: build from this TFDS catalog dataset instead of the manual
+      folder (``eurosat``, ``crop_disease``; see ``jaxfsl.data.catalog``).
   """
 
   VERSION = tfds.core.Version("1.0.0")
@@ -124,10 +171,22 @@ class CdfslBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return epath.Path(inspect.getfile(cls))
 
   def __init__(self, *, skip_corrupt: bool = False,
-               num_workers: int | None = None, **kwargs: Any):
+               num_workers: int | None = None,
+               source_record: dict[str, Any] | None = None,
+               catalog: _catalog_module.CatalogSource | None = None,
+               **kwargs: Any):
+    if catalog is not None and self.name not in _catalog_module.CATALOG:
+      raise ValueError(f"{self.name} has no TFDS catalog source.")
+    self._catalog = catalog
     self._skip_corrupt = skip_corrupt
     self._num_workers = num_workers or default_num_workers()
+    self._source_record = source_record
     super().__init__(**kwargs)
+
+  @property
+  def source_record(self) -> dict[str, Any] | None:
+    """What the dataset is built from (``jaxfsl.data.provenance``)."""
+    return self._source_record
 
   # To be provided by subclasses.
   def class_names(self) -> Sequence[str]:
@@ -139,8 +198,12 @@ class CdfslBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def list_sources(self, manual_dir: Path) -> SourceListing:
     raise NotImplementedError
 
-  def read(self, item: SourceItem) -> bytes:
-    return sources.read_image_file(item.path)
+  def read(self, item: SourceItem) -> tuple[bytes, str]:
+    """(bytes to store, Pillow mode of the source image)."""
+    if isinstance(item, _catalog_module.CatalogItem):
+      return images.read_image_bytes(
+          self._catalog.records[item.record]["image"], item.file)
+    return images.read_image(item.path)
 
   def _manual_dir(self, dl_manager: tfds.download.DownloadManager) -> Path:
     try:
@@ -167,45 +230,61 @@ class CdfslBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    listing = self.list_sources(self._manual_dir(dl_manager))
-    if listing.problems and not self._skip_corrupt:
-      more = len(listing.problems) - 1
-      hint = (f"\n({more} more bad row(s) after this one.)" if more else "")
-      raise listing.problems[0].to_error(listing.csv_name, hint + _SKIP_HINT)
+    if self._catalog is not None:
+      listing = _catalog_module.list_catalog(self._catalog,
+                                             self.class_names())
+    else:
+      listing = self.list_sources(self._manual_dir(dl_manager))
+    if listing.csv_name is not None:
+      # Class folders report their own emptiness; a CSV can leave a class
+      # without any row, which would only fail later in the episode sampler.
+      present = {item.label for item in listing.items}
+      listing.problems += [
+          Problem(listing.csv_name, None,
+                  f"empty class: no usable row of class {name!r}")
+          for c, name in enumerate(self.class_names()) if c not in present]
     return {"train": self._generate_examples(listing)}
 
   def _generate_examples(self, listing: SourceListing
                          ) -> Iterator[tuple[int, dict[str, Any]]]:
     labels: list[int] = []
     files: list[str] = []
-    skipped: list[Problem] = list(listing.problems)
-    for item, result in sources.ordered_map(self.read, listing.items,
-                                            self._num_workers):
+    bad: list[Problem] = list(listing.problems)
+    converted: collections.Counter[str] = collections.Counter()
+    for item, result in images.ordered_map(self.read, listing.items,
+                                           self._num_workers):
       if isinstance(result, Exception):
-        problem = Problem(item.file, item.row, "cannot read image: "
-                          f"{type(result).__name__}: {result}")
-        if not self._skip_corrupt:
-          raise problem.to_error(listing.csv_name, _SKIP_HINT) from result
-        skipped.append(problem)
+        bad.append(Problem(item.file, item.row, "cannot read image: "
+                           f"{type(result).__name__}: {result}"))
         continue
+      if bad and not self._skip_corrupt:
+        continue  # The build fails: only look for the other bad inputs.
+      data, mode = result
+      if mode != "RGB":
+        converted[mode] += 1
       # Keys are consecutive ints: with shuffling disabled TFDS writes the
       # records in key order, so record i has labels[i].
-      yield len(labels), {"image": result, "label": item.label,
+      yield len(labels), {"image": data, "label": item.label,
                           "file": item.file}
       labels.append(item.label)
       files.append(item.file)
+    if bad and not self._skip_corrupt:
+      raise bad_inputs_error(bad, listing.csv_name, listing.root,
+                             ignored=listing.ignored)
     if not labels:
       raise DataError(
-          f"No usable example in {listing.root} ({len(skipped)} skipped); "
+          f"No usable example in {listing.root} ({len(bad)} skipped); "
           "nothing to build.")
     self.info.metadata.update(
         labels=labels,
         files=files,
-        num_skipped=len(skipped),
-        skipped=[p.to_json() for p in skipped],
+        num_skipped=len(bad),
+        skipped=[p.to_json() for p in bad],
         ignored=[p.to_json() for p in listing.ignored],
         excluded=dict(listing.excluded),
+        converted_modes=dict(sorted(converted.items())),
         csv_name=listing.csv_name,
+        source=self._source_record,
     )
 
 
@@ -225,8 +304,8 @@ class Chestx(CdfslBuilder, skip_registration=True):
   def list_sources(self, manual_dir: Path) -> SourceListing:
     return sources.list_chestx(manual_dir, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
 
-  def read(self, item: SourceItem) -> bytes:
-    return sources.read_chestx_file(item.path)
+  def read(self, item: SourceItem) -> tuple[bytes, str]:
+    return images.read_chestx(item.path)
 
 
 class Isic2018(CdfslBuilder, skip_registration=True):
@@ -296,6 +375,8 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
   ``sources.scan_image_folder``)."""
   class_dirs: tuple[str, ...] = ()
   prompt_names: tuple[str, ...] = ()
+  # Class folders without images, left out with skip_corrupt (reported).
+  empty_dirs: tuple[str, ...] = ()
 
 
 class ImageFolder(CdfslBuilder, skip_registration=True):
@@ -322,12 +403,17 @@ class ImageFolder(CdfslBuilder, skip_registration=True):
 
   def list_sources(self, manual_dir: Path) -> SourceListing:
     found, _ = sources.scan_image_folder(manual_dir)
-    if tuple(found) != tuple(self.class_names()):
+    empty = self.builder_config.empty_dirs
+    expected = sorted(tuple(self.class_names()) + tuple(empty))
+    if found != expected:
       raise ManualDataError(
           f"{manual_dir} class folders changed since the config was made: "
-          f"found {found}, expected {list(self.class_names())}.")
-    return sources.list_class_folders(manual_dir, self.class_names(),
-                                      manual_dir)
+          f"found {found}, expected {expected}.")
+    listing = sources.list_class_folders(manual_dir, self.class_names(),
+                                         manual_dir)
+    listing.problems[:0] = [Problem(f"{d}/", None, sources.EMPTY_CLASS_REASON)
+                            for d in empty]
+    return listing
 
 
 @dataclasses.dataclass(eq=False)
@@ -380,11 +466,11 @@ class Synthetic(CdfslBuilder, skip_registration=True):
     ]
     return SourceListing(root=Path(), items=items)
 
-  def read(self, item: SourceItem) -> bytes:
+  def read(self, item: SourceItem) -> tuple[bytes, str]:
     cfg = self.builder_config
     index = int(Path(item.file).stem)
     image = synthetic.make_image(cfg.seed, item.label, index, cfg.image_size)
-    return sources.encode_png(Image.fromarray(image))
+    return images.encode_png(Image.fromarray(image)), "RGB"
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager

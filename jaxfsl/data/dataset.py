@@ -24,6 +24,7 @@ from PIL import Image
 
 from jaxfsl.data import builders
 from jaxfsl.data.errors import DataError, DatasetNotPreparedError
+from jaxfsl.paths import user_path
 
 DATA_DIR_ENV = "JAXFSL_DATA_DIR"
 DATASET_NAMES = tuple(builders.BUILDERS)
@@ -32,8 +33,9 @@ _VERSION = str(builders.CdfslBuilder.VERSION)
 
 
 def default_data_dir() -> Path:
-  """``$JAXFSL_DATA_DIR``, else ``~/jaxfsl_data``."""
-  return Path(os.environ.get(DATA_DIR_ENV, "~/jaxfsl_data")).expanduser()
+  """``$JAXFSL_DATA_DIR``, else ``~/jaxfsl_data`` (``~`` / ``$VARS``
+  expanded)."""
+  return user_path(os.environ.get(DATA_DIR_ENV) or "~/jaxfsl_data")
 
 
 def decode_image(data: bytes) -> Image.Image:
@@ -66,7 +68,7 @@ def dataset_dir(name: str, data_dir: os.PathLike[str] | str,
   Returns ``data_dir/name[/config]/<version>``; it may not exist yet.
   """
   name, config = _split_name(name, config)
-  base = Path(data_dir).expanduser() / name
+  base = user_path(data_dir) / name
   if config is not None:
     base = base / config
   return base / _VERSION
@@ -74,7 +76,7 @@ def dataset_dir(name: str, data_dir: os.PathLike[str] | str,
 
 def prepared_configs(name: str, data_dir: os.PathLike[str] | str) -> list[str]:
   """The configs of ``image_folder`` / ``synthetic`` prepared in data_dir."""
-  base = Path(data_dir).expanduser() / name
+  base = user_path(data_dir) / name
   if not base.is_dir():
     return []
   return sorted(d.name for d in base.iterdir()
@@ -127,7 +129,7 @@ class Dataset:
   """
 
   def __init__(self, path: os.PathLike[str] | str):
-    self.path = Path(path)
+    self.path = user_path(path)
     if not (self.path / "dataset_info.json").is_file():
       raise DatasetNotPreparedError(
           f"{self.path} is not a prepared dataset (no dataset_info.json).")
@@ -269,7 +271,7 @@ def load_dataset(name: str, data_dir: os.PathLike[str] | str | None = None,
     DatasetNotPreparedError: with the ``python tools/prepare_data.py ...``
       command to run and where to download the raw data.
   """
-  data_dir = Path(data_dir).expanduser() if data_dir else default_data_dir()
+  data_dir = user_path(data_dir) if data_dir else default_data_dir()
   name, config = _split_name(name, config)
   if name in _CONFIG_DATASETS and config is None:
     configs = prepared_configs(name, data_dir)

@@ -99,17 +99,22 @@ class EpisodeSampler:
     shot: support images per class (>= 1).
     query: query images per class (>= 1).
     seed: non-negative int; with the episode index it fixes the episode.
-    image_size: side S of the output images (the model's input size).
+    image_size: side S of the output images: the model's input size
+      (``model.image_size``). Required, with no default: a wrong size would
+      only surface later as a shape error or as silently rescaled inputs
+      (``make_batches`` checks it against the model).
     exclude_small_classes: leave classes with fewer than shot + query images
       out of the draw instead of raising.
 
   Raises:
-    ValueError: way / shot / query < 1, a class too small for shot + query
-      (naming it and its count), or way larger than the number of classes.
+    TypeError: ``image_size`` missing or not an int.
+    ValueError: way / shot / query / image_size < 1, a class too small for
+      shot + query (naming it and its count), or way larger than the number
+      of classes.
   """
 
-  def __init__(self, dataset: EpisodeSource, *, way: int = 5, shot: int = 1,
-               query: int = 15, seed: int = 0, image_size: int = 224,
+  def __init__(self, dataset: EpisodeSource, *, image_size: int,
+               way: int = 5, shot: int = 1, query: int = 15, seed: int = 0,
                exclude_small_classes: bool = False):
     self.dataset = dataset
     self.way = _check_count("way", way, 1)
@@ -135,8 +140,10 @@ class EpisodeSampler:
                          f"{counts[c]}" for c in small)
       raise ValueError(
           f"{len(small)} class(es) have fewer than shot + query = {need} "
-          f"images: {detail}. Lower shot/query or pass "
-          "exclude_small_classes=True to leave them out of the draw.")
+          f"images: {detail}. Lower shot/query, or leave them out of the "
+          "draw: --config.dataset.exclude_small_classes=True on the command "
+          "line (EpisodeSampler(..., exclude_small_classes=True) in "
+          "Python).")
     if small:
       logging.warning("Excluding %d class(es) with fewer than %d images: %s",
                       len(small), need, self.excluded_classes)

@@ -1,14 +1,18 @@
-"""Host pipeline: episode batches prepared ahead of the device on threads.
+"""Host pipeline: episode batches prepared ahead of the device, on grain.
 
     for batch in iterate_batches(sampler, range(800), episodes_per_batch=4):
       ...  # batch["support_views"]: uint8 [4, 5, way*shot, S, S, 3]
 
-Episodes are built by ``num_workers`` threads (Pillow releases the GIL while
-decoding, resizing, rotating and enhancing), stacked into batches by a
-background thread and handed over through a bounded queue of ``prefetch``
-batches; output order is the order of ``episode_indices`` whatever the
-thread timing. An exception in a worker is raised in the consumer, at that
-episode's turn, as ``EpisodeError`` naming the episode index.
+The episodes form a ``grain.MapDataset`` over the episode indices (episode
+i is a pure function of (seed, i), so any index can be read in any order and
+a run resumes from any index: pass ``range(start, n)``); grain's
+``to_iter_dataset`` builds them ahead on ``num_workers`` threads and returns
+them in the order of ``episode_indices`` whatever the thread timing, and its
+``batch`` stacks them. Threads rather than grain's worker processes: the
+work is Pillow decoding / resizing / rotating / enhancing, which releases
+the GIL, and processes would pickle every episode (~30 MB) back. An
+exception in a worker is raised in the consumer, at that episode's turn, as
+``EpisodeError`` naming the episode index.
 
 A batch stacks every array of an episode on a new leading axis E; in
 addition ``class_names`` becomes a list of E lists, ``index`` an int64 [E]
@@ -17,17 +21,14 @@ episodes (E smaller than ``episodes_per_batch``), or with ``pad_last=True``
 is padded to full size by repeating its last episode, with ``valid`` False
 and ``index`` -1 on the padding (fixed shapes for a jitted step).
 
-Memory: at most ``prefetch`` batches wait in the queue, plus one being
-assembled and ``num_workers + episodes_per_batch`` episodes in flight
-(one 5-way 5-shot 224x224 episode is ~30 MB of uint8).
+Memory: at most ``num_workers + prefetch * episodes_per_batch`` episodes
+are built ahead (one 5-way 5-shot 224x224 episode is ~30 MB of uint8), plus
+the batch being stacked.
 """
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
-import queue
-import threading
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -35,8 +36,6 @@ import numpy as np
 
 from jaxfsl.data.episodes import EpisodeSampler
 from jaxfsl.data.errors import EpisodeError
-
-_DONE = object()
 
 
 def stack_episodes(episodes: Sequence[dict[str, Any]],
@@ -69,28 +68,32 @@ def stack_episodes(episodes: Sequence[dict[str, Any]],
   return batch
 
 
-def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-  batch = []
-  for item in items:
-    batch.append(item)
-    if len(batch) == size:
-      yield batch
-      batch = []
-  if batch:
-    yield batch
+class _BuildEpisode:
+  """Episode ``index`` of the sampler; a failure names the episode."""
+
+  def __init__(self, sampler: EpisodeSampler, image_size: int | None):
+    self.sampler = sampler
+    self.image_size = image_size
+
+  def __call__(self, index: int) -> dict[str, Any]:
+    try:
+      return self.sampler.episode(index, self.image_size)
+    except Exception as e:
+      raise EpisodeError(index, e) from e
 
 
-def _sequential(sampler: EpisodeSampler, episode_indices: Iterable[int],
-                episodes_per_batch: int, image_size: int | None,
-                pad_last: bool) -> Iterator[dict[str, Any]]:
-  for indices in _batched(episode_indices, episodes_per_batch):
-    episodes = []
-    for i in indices:
-      try:
-        episodes.append(sampler.episode(i, image_size))
-      except Exception as e:
-        raise EpisodeError(i, e) from e
-    yield stack_episodes(episodes, episodes_per_batch if pad_last else None)
+def episode_dataset(sampler: EpisodeSampler, episode_indices: Sequence[int],
+                    image_size: int | None = None) -> Any:
+  """The episodes as a ``grain.MapDataset``: element k is episode
+  ``episode_indices[k]`` (random access, a pure function of the index).
+
+  Raises (when an element is read):
+    EpisodeError: building the episode failed (naming its index).
+  """
+  import grain  # Imports JAX (~1 s): only when batches are asked for.
+
+  return grain.MapDataset.source(list(episode_indices)).map(
+      _BuildEpisode(sampler, image_size))
 
 
 def iterate_batches(
@@ -108,12 +111,13 @@ def iterate_batches(
   Args:
     sampler: the episode sampler.
     episode_indices: the episodes to prepare, in output order (e.g.
-      ``range(start, 800)`` to resume).
+      ``range(start, 800)`` to resume); a finite iterable.
     episodes_per_batch: episodes stacked per batch (E).
     image_size: overrides ``sampler.image_size``.
     num_workers: threads building episodes; 0 builds them in the calling
       thread (no threads, for debugging).
-    prefetch: batches prepared ahead (queue bound, >= 1).
+    prefetch: batches prepared ahead (>= 1): the read-ahead is
+      ``num_workers + prefetch * episodes_per_batch`` episodes.
     pad_last: pad the last batch to ``episodes_per_batch`` (``valid`` False
       on the padding) instead of yielding a smaller one.
 
@@ -128,77 +132,21 @@ def iterate_batches(
     raise ValueError(
         f"episodes_per_batch={episodes_per_batch}, prefetch={prefetch}, "
         f"num_workers={num_workers}; expected >= 1, >= 1, >= 0.")
-  if num_workers == 0:
-    yield from _sequential(sampler, episode_indices, episodes_per_batch,
-                           image_size, pad_last)
+  indices = [int(i) for i in episode_indices]
+  if not indices:
     return
+  import grain
 
-  out: queue.Queue[Any] = queue.Queue(maxsize=prefetch)
-  stop = threading.Event()
-
-  def put(item: Any) -> bool:
-    # Poll so that an abandoned consumer (stop set) never leaves us blocked.
-    while not stop.is_set():
-      try:
-        out.put(item, timeout=0.05)
-        return True
-      except queue.Full:
-        continue
-    return False
-
-  def produce() -> None:
-    try:
-      with concurrent.futures.ThreadPoolExecutor(
-          num_workers, thread_name_prefix="jaxfsl-episode") as pool:
-        pending: collections.deque[Any] = collections.deque()
-        indices = iter(episode_indices)
-        max_in_flight = num_workers + episodes_per_batch
-
-        def fill() -> None:
-          while len(pending) < max_in_flight and not stop.is_set():
-            i = next(indices, None)
-            if i is None:
-              return
-            pending.append((i, pool.submit(sampler.episode, i, image_size)))
-
-        fill()
-        batch: list[dict[str, Any]] = []
-        try:
-          while pending and not stop.is_set():
-            i, future = pending.popleft()
-            try:
-              episode = future.result()
-            except Exception as e:  # noqa: BLE001 - handed to the consumer.
-              put(EpisodeError(i, e))
-              return
-            fill()
-            batch.append(episode)
-            if len(batch) == episodes_per_batch:
-              if not put(stack_episodes(batch)):
-                return
-              batch = []
-          if batch and not stop.is_set():
-            if not put(stack_episodes(
-                batch, episodes_per_batch if pad_last else None)):
-              return
-        finally:
-          for _, future in pending:
-            future.cancel()
-      put(_DONE)
-    except BaseException as e:  # noqa: BLE001 - e.g. a bad index iterable.
-      put(e)
-
-  thread = threading.Thread(target=produce, name="jaxfsl-batches",
-                            daemon=True)
-  thread.start()
+  batches = episode_dataset(sampler, indices, image_size).to_iter_dataset(
+      grain.ReadOptions(
+          num_threads=num_workers,
+          prefetch_buffer_size=num_workers + prefetch * episodes_per_batch)
+  ).batch(episodes_per_batch, batch_fn=functools.partial(
+      stack_episodes, pad_to=episodes_per_batch if pad_last else None))
+  iterator = iter(batches)
   try:
-    while True:
-      item = out.get()
-      if item is _DONE:
-        return
-      if isinstance(item, BaseException):
-        raise item
-      yield item
+    yield from iterator
   finally:
-    stop.set()
-    thread.join()
+    # Cancels the episodes not started yet; the threads end once the ones
+    # under way are done.
+    iterator.close()

@@ -1,119 +1,66 @@
-"""Reading the user's manual downloads: class lists, CSV files, image files.
+"""Reading the user's manual downloads: class folders and CSV files.
 
 This module knows the on-disk layout of each raw dataset and turns it into a
 list of ``SourceItem`` (file, label, CSV row) plus the problems found on the
-way. It does not depend on TFDS so that it can be tested and reused alone; the
-TFDS builders in ``jaxfsl.data.builders`` call it.
-
-Class names follow METHOD.md exactly: ``class_names`` are the raw names (CSV
-label / folder name, the TFDS ``ClassLabel`` names) and ``prompt_names`` are
-the names put in "a photo of a {}." (the release replaces ``_`` by a space).
+way (bad rows, empty classes) and the files ignored (hidden, non-image). It
+does not depend on TFDS so that it can be tested and reused alone; the TFDS
+builders in ``jaxfsl.data.builders`` call it. Class names live in
+``jaxfsl.data.classes``, image decoding in ``jaxfsl.data.images``.
 """
 
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import csv
 import dataclasses
-import io
-import itertools
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from PIL import Image
-
+from jaxfsl.data.classes import (  # noqa: F401 - re-exported.
+    CHESTX_ALL_LABELS,
+    CHESTX_CLASSES,
+    CROP_DISEASE_CLASSES,
+    EUROSAT_CLASSES,
+    EUROSAT_PROMPTS,
+    ISIC_CLASSES,
+    ISIC_PROMPTS,
+    prompt_name,
+)
 from jaxfsl.data.errors import CorruptInputError, ManualDataError
-
-# ----------------------------------------------------------------------------
-# Class names (METHOD.md).
-# ----------------------------------------------------------------------------
-
-CHESTX_CLASSES = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass",
-    "Nodule", "Pneumothorax",
+from jaxfsl.data.images import (  # noqa: F401 - re-exported.
+    CHESTX_IMAGE_SIZE,
+    encode_png,
+    read_image_file,
 )
-# Every label that can appear in Data_Entry_2017.csv; anything else is an
-# "unknown label" (a broken or foreign CSV).
-CHESTX_ALL_LABELS = frozenset(CHESTX_CLASSES) | {
-    "Consolidation", "Edema", "Emphysema", "Fibrosis", "Hernia",
-    "No Finding", "Pleural_Thickening", "Pneumonia",
-}
+from jaxfsl.paths import user_path
+
+# ----------------------------------------------------------------------------
+# File names and kinds.
+# ----------------------------------------------------------------------------
+
 CHESTX_CSV = "Data_Entry_2017.csv"
-CHESTX_IMAGE_SIZE = 256
-
-ISIC_CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
-ISIC_PROMPTS = (
-    "Melanoma", "Melanocytic Nevus", "Basal Cell Carcinoma",
-    "Actinic Keratosis", "Benign Keratosis", "Dermatofibroma",
-    "Vascular Lesion",
-)
+# The label files accepted, in order of preference: the NIH box now serves
+# the 2020 revision of the file under this name (same two first columns).
+CHESTX_CSVS = (CHESTX_CSV, "Data_Entry_2017_v2020.csv")
 ISIC_INPUT_DIR = "ISIC2018_Task3_Training_Input"
 ISIC_GT_DIR = "ISIC2018_Task3_Training_GroundTruth"
 ISIC_CSV = "ISIC2018_Task3_Training_GroundTruth.csv"
 
-CROP_DISEASE_CLASSES = (
-    "Apple___Apple_scab",
-    "Apple___Black_rot",
-    "Apple___Cedar_apple_rust",
-    "Apple___healthy",
-    "Blueberry___healthy",
-    "Cherry_(including_sour)___Powdery_mildew",
-    "Cherry_(including_sour)___healthy",
-    "Corn_(maize)___Cercospora_leaf_spot Gray_leaf_spot",
-    "Corn_(maize)___Common_rust_",
-    "Corn_(maize)___Northern_Leaf_Blight",
-    "Corn_(maize)___healthy",
-    "Grape___Black_rot",
-    "Grape___Esca_(Black_Measles)",
-    "Grape___Leaf_blight_(Isariopsis_Leaf_Spot)",
-    "Grape___healthy",
-    "Orange___Haunglongbing_(Citrus_greening)",
-    "Peach___Bacterial_spot",
-    "Peach___healthy",
-    "Pepper,_bell___Bacterial_spot",
-    "Pepper,_bell___healthy",
-    "Potato___Early_blight",
-    "Potato___Late_blight",
-    "Potato___healthy",
-    "Raspberry___healthy",
-    "Soybean___healthy",
-    "Squash___Powdery_mildew",
-    "Strawberry___Leaf_scorch",
-    "Strawberry___healthy",
-    "Tomato___Bacterial_spot",
-    "Tomato___Early_blight",
-    "Tomato___Late_blight",
-    "Tomato___Leaf_Mold",
-    "Tomato___Septoria_leaf_spot",
-    "Tomato___Spider_mites Two-spotted_spider_mite",
-    "Tomato___Target_Spot",
-    "Tomato___Tomato_Yellow_Leaf_Curl_Virus",
-    "Tomato___Tomato_mosaic_virus",
-    "Tomato___healthy",
-)
-
-EUROSAT_CLASSES = (
-    "AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial",
-    "Pasture", "PermanentCrop", "Residential", "River", "SeaLake",
-)
-EUROSAT_PROMPTS = (
-    "Annual Crop Land", "Forest", "Herbaceous Vegetation Land",
-    "Highway or Road", "Industrial Buildings", "Pasture Land",
-    "Permanent Crop Land", "Residential Buildings", "River", "Sea or Lake",
-)
-
 # torchvision's ImageFolder extensions: the release only sees these files.
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+HIDDEN_REASON = ("ignored: hidden file (a dotfile, or a macOS AppleDouble "
+                 "'._*' file)")
+EMPTY_CLASS_REASON = "empty class folder: no image file in it"
 
 
-def prompt_name(class_name: str) -> str:
-  """The name the release puts in the prompt: ``_`` replaced by a space."""
-  return class_name.replace("_", " ")
+def is_hidden(name: str) -> bool:
+  """Dotfiles and folders, including macOS AppleDouble ``._*`` files (which
+  carry image extensions but hold no image)."""
+  return name.startswith(".")
 
 
 # ----------------------------------------------------------------------------
@@ -199,7 +146,7 @@ def check_manual_dir(manual_dir: os.PathLike[str] | str | None,
   if manual_dir is None or not str(manual_dir):
     raise ManualDataError(
         f"No manual folder given (--manual_dir).\n\n{instructions}")
-  path = Path(manual_dir).expanduser().resolve()
+  path = user_path(manual_dir).resolve()
   if not path.is_dir():
     raise ManualDataError(
         f"Manual folder {path} does not exist or is not a folder.\n\n"
@@ -276,9 +223,12 @@ def list_class_folders(root: Path, class_dirs: Sequence[str],
                        report_root: Path) -> SourceListing:
   """Lists ``root/<class_dir>/**/<image>`` like torchvision's ImageFolder.
 
-  Files are walked recursively in sorted order; files without an image
-  extension are not part of the dataset (as in ImageFolder) and are reported
-  in ``ignored`` rather than dropped silently.
+  Files are walked recursively in sorted order. Not part of the dataset, and
+  reported in ``ignored`` rather than dropped silently: files without an
+  image extension (as in ImageFolder), hidden files and folders (dotfiles,
+  macOS ``._*`` AppleDouble files, which carry image extensions but are no
+  images) and files outside the class folders. A class folder without any
+  image is a problem (an error unless ``skip_corrupt``).
 
   Args:
     root: the folder holding one subfolder per class.
@@ -286,26 +236,50 @@ def list_class_folders(root: Path, class_dirs: Sequence[str],
     report_root: paths in the listing are given relative to this folder.
 
   Returns:
-    The listing (no ``problems``: nothing is decoded here).
+    The listing (its ``problems`` are the empty class folders: nothing is
+    decoded here).
   """
-  items, ignored = [], []
+  items, ignored, problems = [], [], []
   for label, class_dir in enumerate(class_dirs):
+    count = 0
     for dirpath, dirnames, filenames in os.walk(root / class_dir,
                                                 followlinks=True):
-      dirnames.sort()
+      for name in sorted(d for d in dirnames if is_hidden(d)):
+        ignored.append(Problem(_relative(Path(dirpath) / name, report_root)
+                               + "/", None, HIDDEN_REASON))
+      dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
       for name in sorted(filenames):
-        path = Path(dirpath) / name
-        rel = _relative(path, report_root)
-        if is_image_file(name):
-          items.append(SourceItem(path=path, label=label, file=rel))
+        rel = _relative(Path(dirpath) / name, report_root)
+        if is_hidden(name):
+          ignored.append(Problem(rel, None, HIDDEN_REASON))
+        elif is_image_file(name):
+          items.append(SourceItem(path=Path(dirpath) / name, label=label,
+                                  file=rel))
+          count += 1
         else:
           ignored.append(Problem(rel, None, "ignored: not an image file "
                                  f"(extensions {', '.join(IMAGE_EXTENSIONS)})"))
+    if not count:
+      problems.append(Problem(_relative(root / class_dir, report_root) + "/",
+                              None, EMPTY_CLASS_REASON))
   for entry in sorted(root.iterdir()):
     if entry.is_file():
-      ignored.append(Problem(_relative(entry, report_root), None,
-                             "ignored: file outside the class folders"))
-  return SourceListing(root=root, items=items, ignored=ignored)
+      ignored.append(Problem(
+          _relative(entry, report_root), None,
+          HIDDEN_REASON if is_hidden(entry.name)
+          else "ignored: file outside the class folders"))
+  return SourceListing(root=root, items=items, problems=problems,
+                       ignored=ignored)
+
+
+def has_images(folder: Path) -> bool:
+  """Whether ``folder`` holds an image file (recursively, hidden ones not
+  counted), as ``list_class_folders`` would list it."""
+  for _, dirnames, filenames in os.walk(folder, followlinks=True):
+    dirnames[:] = [d for d in dirnames if not is_hidden(d)]
+    if any(is_image_file(n) and not is_hidden(n) for n in filenames):
+      return True
+  return False
 
 
 def _check_class_set(root: Path, expected: Sequence[str], dataset: str,
@@ -365,7 +339,7 @@ def scan_image_folder(
         "one subfolder per class (e.g. DIR/cat/*.jpg, DIR/dog/*.jpg).")
   prompts = [prompt_name(c) for c in class_dirs]
   if class_names_json is not None:
-    path = Path(class_names_json)
+    path = user_path(class_names_json)
     try:
       mapping = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -411,22 +385,26 @@ def _csv_header(path: Path) -> list[str]:
 def list_chestx(manual_dir: Path, instructions: str) -> SourceListing:
   """Lists ChestX-ray14 as the CDFSL benchmark does.
 
-  ``Data_Entry_2017.csv`` (found at the manual folder or up to two levels
-  below) gives the image name (column 0) and ``|``-separated labels
+  The label file, ``Data_Entry_2017.csv`` or the NIH box's current
+  ``Data_Entry_2017_v2020.csv`` (the first when both exist; found at the
+  manual folder or up to two levels below; ``csv_name`` of the listing says
+  which), gives the image name (column 0) and ``|``-separated labels
   (column 1). Kept: rows with exactly one label among ``CHESTX_CLASSES``
   (so "No Finding", "Pneumonia", the other six findings and multi-label rows
   are excluded, and counted, as are image files no CSV row names). Images
   are looked up in ``images/`` beside the CSV, or in the NIH archive's
-  ``images_NNN/images/`` folders.
+  ``images_NNN/images/`` folders; hidden files there (macOS ``._*``) are
+  ignored and reported.
   """
-  root = find_dir(manual_dir, lambda d: (d / CHESTX_CSV).is_file(),
-                  CHESTX_CSV, instructions)
-  csv_path = root / CHESTX_CSV
+  root = find_dir(manual_dir,
+                  lambda d: any((d / c).is_file() for c in CHESTX_CSVS),
+                  " or ".join(CHESTX_CSVS), instructions)
+  csv_path = next(root / c for c in CHESTX_CSVS if (root / c).is_file())
   header = _csv_header(csv_path)
   if len(header) < 2 or header[:2] != ["Image Index", "Finding Labels"]:
     raise ManualDataError(
         f"{csv_path} line 1: header starts with {header[:2]}; expected "
-        "['Image Index', 'Finding Labels'] (the NIH Data_Entry_2017.csv).")
+        f"['Image Index', 'Finding Labels'] (the NIH {csv_path.name}).")
   image_dirs = [root / "images"] + sorted(root.glob("images_*/images")) + [
       d for d in sorted(root.glob("images_*")) if d.is_dir()]
   image_dirs = [d for d in image_dirs if d.is_dir()]
@@ -434,10 +412,14 @@ def list_chestx(manual_dir: Path, instructions: str) -> SourceListing:
     raise ManualDataError(
         f"No images/ folder beside {csv_path}.\n\n{instructions}")
   by_name: dict[str, Path] = {}
+  ignored: list[Problem] = []
   for d in image_dirs:
     with os.scandir(d) as it:
-      for e in it:
-        if e.is_file():
+      for e in sorted(it, key=lambda e: e.name):
+        if is_hidden(e.name):
+          ignored.append(Problem(_relative(Path(e.path), manual_dir), None,
+                                 HIDDEN_REASON))
+        elif e.is_file():
           by_name.setdefault(e.name, Path(e.path))
 
   items, problems = [], []
@@ -477,6 +459,7 @@ def list_chestx(manual_dir: Path, instructions: str) -> SourceListing:
   if unlisted:
     excluded["image file not listed in the CSV"] = unlisted
   return SourceListing(root=root, items=items, problems=problems,
+                       ignored=ignored,
                        excluded=dict(sorted(excluded.items())),
                        csv_name=_relative(csv_path, manual_dir))
 
@@ -532,86 +515,9 @@ def list_isic(manual_dir: Path, instructions: str) -> SourceListing:
                             file=_relative(path, manual_dir), row=line))
   ignored = [
       Problem(_relative(p, manual_dir), None,
-              "ignored: not listed in the ground-truth CSV")
+              HIDDEN_REASON if is_hidden(p.name)
+              else "ignored: not listed in the ground-truth CSV")
       for p in sorted(image_dir.iterdir())
       if p.is_file() and p.name not in listed]
   return SourceListing(root=root, items=items, problems=problems,
                        ignored=ignored, csv_name=csv_name)
-
-
-# ----------------------------------------------------------------------------
-# Reading and validating image files.
-# ----------------------------------------------------------------------------
-
-
-def encode_png(image: Image.Image) -> bytes:
-  buf = io.BytesIO()
-  image.save(buf, format="PNG")
-  return buf.getvalue()
-
-
-def read_image_file(path: Path) -> bytes:
-  """Reads an image file, fully decoding it to catch corrupt/truncated files.
-
-  Returns the file's own bytes when it is an RGB JPEG/PNG (no re-encoding,
-  bit-exact with the release's ``Image.open(f).convert("RGB")``); any other
-  file is stored as the lossless PNG of ``convert("RGB")``, which decodes to
-  the very same pixels.
-  """
-  data = path.read_bytes()
-  with Image.open(io.BytesIO(data)) as im:
-    im.load()
-    if im.format in ("JPEG", "PNG") and im.mode == "RGB":
-      return data
-    return encode_png(im.convert("RGB"))
-
-
-def read_chestx_file(path: Path) -> bytes:
-  """ChestX as the release loads it: ``Image.open(f).resize((256, 256))``
-  (Pillow's default filter) then ``convert("RGB")``, stored as lossless PNG."""
-  with Image.open(path) as im:
-    im.load()
-    out = im.resize((CHESTX_IMAGE_SIZE, CHESTX_IMAGE_SIZE)).convert("RGB")
-  return encode_png(out)
-
-
-# ----------------------------------------------------------------------------
-# Ordered parallel map (file decoding at build time).
-# ----------------------------------------------------------------------------
-
-_T = TypeVar("_T")
-_R = TypeVar("_R")
-
-
-def _call(fn: Callable[[_T], _R], item: _T) -> _R | Exception:
-  try:
-    return fn(item)
-  except Exception as e:  # noqa: BLE001 - reported per file by the caller.
-    return e
-
-
-def ordered_map(fn: Callable[[_T], _R], items: Iterable[_T],
-                num_workers: int) -> Iterator[tuple[_T, _R | Exception]]:
-  """Yields ``(item, fn(item) or the exception it raised)`` in input order.
-
-  Runs ahead on ``num_workers`` threads (Pillow releases the GIL while
-  decoding / resizing / encoding), holding a bounded window of results.
-  """
-  if num_workers <= 1:
-    for item in items:
-      yield item, _call(fn, item)
-    return
-  it = iter(items)
-  window: collections.deque[Any] = collections.deque()
-  with concurrent.futures.ThreadPoolExecutor(num_workers) as ex:
-    for item in itertools.islice(it, 4 * num_workers):
-      window.append((item, ex.submit(_call, fn, item)))
-    try:
-      while window:
-        item, future = window.popleft()
-        for nxt in itertools.islice(it, 1):
-          window.append((nxt, ex.submit(_call, fn, nxt)))
-        yield item, future.result()
-    finally:
-      for _, future in window:
-        future.cancel()
