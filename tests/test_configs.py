@@ -162,15 +162,16 @@ def test_wrong_types():
 def test_bad_values():
   _bad("method.variant", "svl+ra", "method.variant", "svl_ra")
   _bad("compute_dtype", "fp16", "compute_dtype", "float16")
-  # LoraConfig's own message; "lora.blocks" once helper E's dotted messages
-  # are merged, "lora: lora blocks" before.
-  _bad("lora.blocks", "top", "lora", "blocks", "'top'")
-  _bad("lora.targets", ("q", "x"), "lora", "targets", "'x'")
+  # The dataclasses' own messages name the key.
+  _bad("lora.blocks", "top", "lora.blocks", "'top'")
+  _bad("lora.targets", ("q", "x"), "lora.targets", "'x'")
+  _bad("optim.lr", -1.0, "optim.lr")
+  _bad("optim.b1", 1.0, "optim.b1")
   _bad("method.timing", "end")
   _bad("method.relation_form", "kl")
   _bad("shot", 0, "'shot'", ">= 1")
   _bad("episodes", 0, "'episodes'")
-  _bad("lora.dropout", 1.0, "lora", "dropout", "1.0")
+  _bad("lora.dropout", 1.0, "lora.dropout", "1.0")
   _bad("model.checkpoint", "/x", "model.checkpoint", "model.init")
   _bad("prompt", "a photo")
   _bad("dataset.name", "imagenet")
@@ -299,7 +300,7 @@ def test_every_problem_is_listed_at_once():
   with pytest.raises(config_lib.ConfigError) as e:
     config_lib.validate(d)
   msg = str(e.value)
-  for fragment in ("'shot'", "'query'", "method.variant", "rank"):
+  for fragment in ("'shot'", "'query'", "method.variant", "lora.rank"):
     assert fragment in msg, msg
 
 

@@ -43,7 +43,6 @@ BASE_FILE = CONFIG_DIR / "base.py"
 # Protocols jaxfsl can run (``config.protocol``) -> the module with ``run``.
 PROTOCOLS = {"episodic": "jaxfsl.protocols.episodic.runner"}
 PLANNED_PROTOCOLS = ("fewshot",)
-TRAINABLES = ("lora",)
 PLANNED_TRAINABLES = ("coop", "maple")
 DTYPES = ("float32", "bfloat16", "float16")
 # Keys that change how a job runs but not its results: a workdir may be
@@ -269,11 +268,13 @@ def job_problems(config: ConfigDict) -> list[str]:
                if c.protocol in PLANNED_PROTOCOLS else "")
     problems.append(f"config key 'protocol' is {c.protocol!r}{planned}; "
                     f"expected one of {tuple(PROTOCOLS)}")
-  if c.trainable not in TRAINABLES:
+  from jaxfsl.trainables import available  # The registry.
+
+  if c.trainable not in available():
     planned = (" (planned, not implemented yet)"
                if c.trainable in PLANNED_TRAINABLES else "")
     problems.append(f"config key 'trainable' is {c.trainable!r}{planned}; "
-                    f"expected one of {TRAINABLES}")
+                    f"expected one of {available()}")
   try:
     parse_seeds(c.seeds)
   except ConfigError as e:
@@ -379,15 +380,18 @@ def engine_config(config: ConfigDict) -> Any:
     ConfigError: every section the dataclasses refused, each message naming
       the section and key.
   """
-  from jaxfsl.protocols.episodic import engine
+  from jaxfsl.method.objective import MethodConfig
+  from jaxfsl.optim import OptimConfig
+  from jaxfsl.protocols.episodic.engine import EngineConfig
+  from jaxfsl.trainables.lora import LoraConfig
 
   c = config
   problems = []
   parts: dict[str, Any] = {}
   builders = {
-      "method": lambda: engine.MethodConfig(**c.method.to_dict()),
-      "optim": lambda: engine.OptimConfig(**c.optim.to_dict()),
-      "lora": lambda: engine.LoraConfig(
+      "method": lambda: MethodConfig(**c.method.to_dict()),
+      "optim": lambda: OptimConfig(**c.optim.to_dict()),
+      "lora": lambda: LoraConfig(
           rank=c.lora.rank, alpha=float(c.lora.alpha),
           dropout=float(c.lora.dropout),
           targets=parse_targets(c.lora.targets), towers=c.lora.towers,
@@ -401,8 +405,9 @@ def engine_config(config: ConfigDict) -> Any:
   if problems:
     raise ConfigError("\n".join(problems))
   try:
-    return engine.EngineConfig(
+    return EngineConfig(
         way=c.way, shot=c.shot, query=c.query, steps=total_steps(c),
+        trainable=c.trainable,
         logit_scale=("checkpoint" if c.use_checkpoint_logit_scale
                      else float(c.logit_scale)),
         remat=c.remat, skip_clean_pass_in_stage2=c.skip_clean_pass_in_stage2,

@@ -11,89 +11,23 @@ zero-shot model) again without training, and writes the same reports to
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxfsl.io import aggregate, reports
 from jaxfsl.io.runstate import AdapterStore
 from jaxfsl.protocols.episodic import config as config_lib
 from jaxfsl.protocols.episodic import engine as engine_lib
 from jaxfsl.protocols.episodic import inputs, runner
+from jaxfsl.protocols.episodic.batch import host_slice
 from jaxfsl.protocols.episodic.config import MissingInputError
 
 ConfigDict = ml_collections.ConfigDict
-
-
-class AdapterEvaluator:
-  """Evaluates episodes' queries with given adapters, no training.
-
-  Built on ``EpisodeEngine.prepare`` / ``evaluate``: one compiled program
-  per batch shape, episodes sharded over the engine's mesh like
-  ``run_batch``.
-  """
-  # TODO(lead): replace with ``EpisodeEngine.evaluate_adapters`` (helper E)
-  # once merged; this class then goes.
-
-  def __init__(self, engine: engine_lib.EpisodeEngine):
-    self.engine = engine
-    self._fn = None
-
-  def _one(self, backbone, episode, adapters):
-    engine = self.engine
-    inputs_ = engine.prepare(backbone, episode)
-
-    def at(tree):
-      # ``evaluate`` reads the adapters only; the rest is placeholder.
-      return engine_lib.EpisodeState(
-          adapters=tree, opt_state=(), prev_relation=jnp.zeros((1, 1)),
-          loss=jnp.zeros(()), first_nonfinite_step=jnp.zeros((), jnp.int32))
-
-    zeros = jax.tree.map(jnp.zeros_like, adapters)  # B = 0: the backbone.
-    return {"final": engine.evaluate(at(adapters), inputs_, backbone),
-            "zero_shot": engine.evaluate(at(zeros), inputs_, backbone)}
-
-  def __call__(self, batch: Mapping[str, np.ndarray], adapters: Any
-               ) -> dict[str, Any]:
-    """Metrics of E episodes.
-
-    Args:
-      batch: the engine's batch arrays (see ``EpisodeEngine.run_batch``;
-        on several hosts, this host's slice).
-      adapters: adapter tree with a leading E axis (likewise).
-
-    Returns:
-      {"final": {metric: [E]}, "zero_shot": {metric: [E]}} as numpy.
-    """
-    if self._fn is None:
-      mesh, axis = self.engine.mesh, self.engine.axis
-      episodes = NamedSharding(mesh, PartitionSpec(axis))
-      replicated = NamedSharding(mesh, PartitionSpec())
-      self._fn = jax.jit(jax.vmap(self._one, in_axes=(None, 0, 0)),
-                         in_shardings=(replicated, episodes, episodes),
-                         out_shardings=episodes)
-    arrays = {k: np.asarray(batch[k]) for k in engine_lib.BATCH_KEYS}
-    params = self.engine.model.params
-    if jax.process_count() == 1:
-      return jax.device_get(self._fn(params, arrays, adapters))
-    # Several hosts: as ``EpisodeEngine.run_batch``, each passes its slice
-    # and receives the whole batch.
-    from jax.experimental import multihost_utils
-
-    episodes = NamedSharding(self.engine.mesh,
-                             PartitionSpec(self.engine.axis))
-    arrays, adapters = jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(episodes, x),
-        (arrays, adapters))
-    return multihost_utils.process_allgather(
-        self._fn(params, arrays, adapters), tiled=True)
 
 
 def run(config: ConfigDict, workdir: Path,
@@ -141,19 +75,18 @@ def run(config: ConfigDict, workdir: Path,
   sampler = inputs.make_sampler(config, dataset,
                                 model.config.vision.image_size)
   engine = engine_lib.EpisodeEngine(model, config_lib.engine_config(config))
-  evaluator = AdapterEvaluator(engine)
-  prompts = inputs.PromptIds(model, config.prompt)
   info = runner.describe(config, model)
   records = []
   start = time.time()
   if stop is not None:
     stop.done, stop.total = 0, len(indices)
-  for idx, valid, batch in inputs.episode_batches(sampler, config, indices):
+  for idx, valid, batch in inputs.episode_batches(model, sampler, config,
+                                                  indices):
     if stop is not None and stop.signum is not None:
       raise stop.interrupted()
-    trees = [by_index[int(i)] for i in batch["index"]]
+    trees = [by_index[int(i)] for i in host_slice(idx)]
     stacked = jax.tree.map(lambda *a: np.stack(a), *trees)
-    out = evaluator(inputs.engine_batch(batch, prompts), stacked)
+    out = engine.evaluate_adapters(batch, stacked)
     out = aggregate.take_outputs(out, valid)
     as_engine = {
         "stages": {k: np.asarray(v)[:, None] for k, v in out["final"].items()},

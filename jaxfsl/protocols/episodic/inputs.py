@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -21,7 +20,7 @@ from absl import logging
 from jaxfsl.models.config import PRESETS
 from jaxfsl.models.model import Model
 from jaxfsl.paths import user_path
-from jaxfsl.protocols.episodic import engine as engine_lib
+from jaxfsl.protocols.episodic.batch import EpisodeBatch, make_batches
 from jaxfsl.protocols.episodic.config import ConfigError, MissingInputError
 
 ConfigDict = ml_collections.ConfigDict
@@ -159,68 +158,16 @@ def make_sampler(config: ConfigDict, dataset: Any, image_size: int) -> Any:
                       f"episodes: {e}{hint}") from e
 
 
-class PromptIds:
-  """Tokenised class prompts, cached per class name.
-
-  Args:
-    model: gives ``tokenize``.
-    template: e.g. "a photo of a {}.".
-  """
-
-  def __init__(self, model: Model, template: str):
-    self.model = model
-    self.template = template
-    self._cache: dict[str, np.ndarray] = {}
-
-  def __call__(self, class_names: Sequence[Sequence[str]]) -> np.ndarray:
-    """E lists of ``way`` names -> int32 [E, way, L]."""
-    missing = sorted({n for names in class_names for n in names}
-                     - set(self._cache))
-    if missing:
-      ids = self.model.tokenize([self.template.format(n) for n in missing])
-      self._cache.update(zip(missing, ids, strict=True))
-    return np.stack([np.stack([self._cache[n] for n in names])
-                     for names in class_names]).astype(np.int32)
-
-
-def engine_batch(batch: Mapping[str, Any], prompts: PromptIds
-                 ) -> dict[str, np.ndarray]:
-  """The engine's arrays of a data-layer batch (adds ``text_ids``)."""
-  arrays = {k: batch[k] for k in engine_lib.BATCH_KEYS if k != "text_ids"}
-  arrays["text_ids"] = prompts(batch["class_names"])
-  return arrays
-
-
-def episode_batches(sampler: Any, config: ConfigDict, indices: Sequence[int]
-                    ) -> Iterator[tuple[np.ndarray, np.ndarray, dict]]:
-  """This host's part of each batch of ``episodes_per_batch`` episodes.
-
-  The last batch is padded to full size by repeating its last episode (the
-  engine needs E to be a multiple of the device count). With several hosts
-  each one builds only its slice of every batch (E / process_count
-  episodes), which is what ``EpisodeEngine.run_batch`` expects there.
+def episode_batches(model: Model, sampler: Any, config: ConfigDict,
+                    indices: Sequence[int]
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray, EpisodeBatch]]:
+  """The job's model-ready batches of ``indices`` (``batch.make_batches``
+  with the config's batch size, prompt and worker settings).
 
   Yields:
     (global episode indices int64 [E] (padding included), valid bool [E],
-    this host's batch from ``jaxfsl.data.iterate_batches``).
+    this host's ``EpisodeBatch``).
   """
-  from jaxfsl import data
-
-  epb = config.episodes_per_batch
-  hosts, me = jax.process_count(), jax.process_index()
-  per_host = epb // hosts
-  plan = []
-  for start in range(0, len(indices), epb):
-    chunk = np.asarray(indices[start:start + epb], np.int64)
-    padded = np.concatenate([chunk, np.repeat(chunk[-1:], epb - len(chunk))])
-    plan.append((padded, np.arange(epb) < len(chunk)))
-  local = [int(i) for padded, _ in plan
-           for i in padded[me * per_host:(me + 1) * per_host]]
-  batches = data.iterate_batches(
-      sampler, local, per_host, num_workers=config.dataset.num_workers,
-      prefetch=config.dataset.prefetch)
-  try:
-    for (padded, valid), batch in zip(plan, batches, strict=False):
-      yield padded, valid, batch
-  finally:
-    batches.close()  # Stops the episode threads early on an error.
+  return make_batches(model, sampler, indices, config.episodes_per_batch,
+                      config.prompt, num_workers=config.dataset.num_workers,
+                      prefetch=config.dataset.prefetch)

@@ -59,6 +59,7 @@ from jaxfsl.paths import user_path
 from jaxfsl.protocols.episodic import config as config_lib
 from jaxfsl.protocols.episodic import engine as engine_lib
 from jaxfsl.protocols.episodic import inputs
+from jaxfsl.protocols.episodic.batch import host_slice
 from jaxfsl.protocols.episodic.config import Interrupted, ResumeError
 
 ConfigDict = ml_collections.ConfigDict
@@ -305,7 +306,6 @@ def _run(config: ConfigDict, workdir: Path, restart: bool,
   sampler = inputs.make_sampler(config, dataset,
                                 model.config.vision.image_size)
   engine = engine_lib.EpisodeEngine(model, config_lib.engine_config(config))
-  prompts = inputs.PromptIds(model, config.prompt)
   info = describe(config, model)
   logging.info("%s on %s (%s): %d-way %d-shot, %d episodes, T=%d steps, "
                "%d episodes per batch over %d device(s)", info["method"],
@@ -333,7 +333,7 @@ def _run(config: ConfigDict, workdir: Path, restart: bool,
   all_acc = ([] if not parts else
              [aggregate.percent(a)
               for a in parts[0]["stages"]["accuracy"][:, -1]])
-  batches = inputs.episode_batches(sampler, config,
+  batches = inputs.episode_batches(model, sampler, config,
                                    range(next_episode, total))
   try:
     for indices, valid, batch in batches:
@@ -342,8 +342,7 @@ def _run(config: ConfigDict, workdir: Path, restart: bool,
       if ran == 0:
         logging.info("%s", COMPILING)
       out = engine.run_batch(
-          inputs.engine_batch(batch, prompts),
-          engine_lib.episode_keys(config.seed, batch["index"]),
+          batch, engine_lib.episode_keys(config.seed, host_slice(indices)),
           episode_ids=indices, return_adapters=config.save_adapters)
       out = aggregate.take_outputs(out, valid)
       done_idx = indices[valid]
