@@ -33,6 +33,7 @@ import importlib
 import logging as py_logging
 import os
 import re
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -286,7 +287,7 @@ def main(argv: Sequence[str]) -> int:
     for job_config, job_dir in jobs:
       module.run(job_config, job_dir, restart=restart)
   except (config_lib.UserError, DataError, CheckpointError,
-          FileNotFoundError) as e:
+          FileNotFoundError, FloatingPointError) as e:
     # Problems the user can fix: the message, no traceback (on stderr once,
     # and in log.txt).
     print(f"ERROR: {e}", file=sys.stderr)
@@ -305,10 +306,22 @@ def _with_seed(config, seed: int):
   return c
 
 
+def _main_or_exit(argv: Sequence[str]) -> None:
+  try:
+    status = main(argv)
+  except KeyboardInterrupt:
+    # Ctrl-C outside the job's own handling (while starting or loading):
+    # nothing was computed yet.
+    print("Interrupted while starting; rerun the same command to start "
+          "again.", file=sys.stderr)
+    status = 128 + signal.SIGINT
+  sys.exit(status)
+
+
 def run() -> None:
   """Console entry point (``jaxfsl-run``)."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)
+  app.run(_main_or_exit, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

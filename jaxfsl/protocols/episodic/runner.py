@@ -272,8 +272,10 @@ def run(config: ConfigDict, workdir: str | os.PathLike[str], *,
   """
   workdir = user_path(workdir)
   t_line = config_lib.t_source(config)
-  config = config_lib.resolve(config, num_devices=None)
+  config_lib.validate(config)
+  # Before anything asks JAX for devices (multi-host initialisation).
   setup_jax(config)
+  config = config_lib.resolve(config, num_devices=None)
   restart = config.restart if restart is None else restart
   workdir.mkdir(parents=True, exist_ok=True)
   if config.demo:
