@@ -191,7 +191,8 @@ def relation_alignment_loss(
   * ``form="release"`` (default): ``mean_{i,j} exp(F_ij) * (F_ij - A_v_ij)``,
     the mean over all N*M entries; this is what the release computes with
     ``F.kl_div(A_v, F, log_target=True, reduction='mean')``, treating both
-    cosine matrices as log-probabilities (it is not a proper KL).
+    cosine matrices as log-probabilities (it is not a proper KL, and it
+    can be negative: nothing makes exp(F) a distribution).
   * ``form="softmax_kl"`` (the paper's D_KL(A_v || A_fuse)): with
     ``P_i = softmax(A_v_i)`` and ``Q_i = softmax(F_i)`` over each row (no
     temperature), ``(1/N) sum_i sum_j P_ij (log P_ij - log Q_ij)``.
