@@ -382,7 +382,7 @@ def engine_config(config: ConfigDict) -> Any:
   """
   from jaxfsl.method.objective import MethodConfig
   from jaxfsl.optim import OptimConfig
-  from jaxfsl.protocols.episodic.engine import EngineConfig
+  from jaxfsl.protocols.episodic.engine_config import EngineConfig
   from jaxfsl.trainables.lora import LoraConfig
 
   c = config
