@@ -5,6 +5,7 @@ Nothing here trains; the CLI checks run ``python -m jaxfsl.main`` only as far
 as its error.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -466,3 +467,16 @@ def test_console_script_is_declared():
   from jaxfsl import main
 
   assert callable(main.run)
+
+
+def test_cli_seeds_run_one_job_per_seed_folder(tmp_path):
+  """--config.seeds=3,4: one sub-job per seed in WORKDIR/seed_<s> (here the
+  first stops at the missing checkpoint, after writing its config)."""
+  work = tmp_path / "w"
+  p = _cli("--config", "configs/episodic/isic.py", "--config.seeds=3,4",
+           f"--config.model.checkpoint={tmp_path}/nothing",
+           "--workdir", str(work))
+  assert p.returncode == 1 and "ERROR: model.checkpoint" in p.stderr
+  saved = json.loads((work / "seed_3" / "config.json").read_text())
+  assert saved["seed"] == 3 and saved["seeds"] == "3,4"
+  assert not (work / "seed_4").exists()
