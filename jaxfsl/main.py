@@ -275,7 +275,7 @@ def main(argv: Sequence[str]) -> int:
   module = importlib.import_module(config_lib.PROTOCOLS[config.protocol])
   seeds = config_lib.parse_seeds(config.seeds)
 
-  from jaxfsl.checkpoints.common import CheckpointError
+  from jaxfsl.checkpoints import CheckpointError
   from jaxfsl.data import DataError
 
   log_file = _setup_logging(workdir)
@@ -284,8 +284,15 @@ def main(argv: Sequence[str]) -> int:
   jobs = ([(config, workdir)] if not seeds else
           [(_with_seed(config, s), workdir / f"seed_{s}") for s in seeds])
   try:
-    for job_config, job_dir in jobs:
-      module.run(job_config, job_dir, restart=restart)
+    runs = [module.run(job_config, job_dir, restart=restart)
+            for job_config, job_dir in jobs]
+    if seeds and not config.eval_only:
+      from jaxfsl.io import reports
+
+      if reports.is_main_process():
+        group = reports.write_seeds_summary(workdir, runs)
+        logging.info("%d seeds: %s written", group["num_seeds"],
+                     workdir / reports.SEEDS_FILE)
   except (config_lib.UserError, DataError, CheckpointError,
           FileNotFoundError, FloatingPointError) as e:
     # Problems the user can fix: the message, no traceback (on stderr once,

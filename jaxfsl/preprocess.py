@@ -1,4 +1,12 @@
-"""Image preprocessing per checkpoint: resize (no crop) and normalise."""
+"""Image preprocessing: resize to S x S (no crop) and normalise.
+
+The statistics and the resize filter of each model family live in
+``jaxfsl.models.families`` (``Family.preprocessing``); a checkpoint may
+override the statistics (e.g. a Hugging Face ``preprocessor_config.json``).
+``resize_image`` is the one resize used both here and by the episode pipeline
+(``jaxfsl.data``), so a single image and an episode's images are prepared
+alike.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +16,30 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-SIGLIP_MEAN = (0.5, 0.5, 0.5)
-SIGLIP_STD = (0.5, 0.5, 0.5)
-
-_RESAMPLE = {
-    "bilinear": Image.BILINEAR,
-    "bicubic": Image.BICUBIC,
-    "nearest": Image.NEAREST,
+RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
 }
+
+
+def resize_image(image: Image.Image, size: int,
+                 resample: str = "bilinear") -> Image.Image:
+  """``image`` resized to ``size`` x ``size`` pixels, aspect not kept, no crop.
+
+  The method resizes every image this way (METHOD.md, "Episodes"); bilinear
+  is Pillow's antialiased filter, which is what torchvision's
+  ``Resize((S, S))`` on a PIL image (the method's release) calls.
+
+  Raises:
+    ValueError: unknown ``resample`` (expected a key of ``RESAMPLE``).
+  """
+  if resample not in RESAMPLE:
+    raise ValueError(f"resample {resample!r}: expected one of "
+                     f"{tuple(RESAMPLE)}")
+  if image.size == (size, size):
+    return image
+  return image.resize((size, size), RESAMPLE[resample])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,25 +53,22 @@ class Preprocessing:
   Attributes:
     image_size: S.
     mean, std: per-channel statistics on the [0, 1] scale.
-    resample: PIL filter used when resizing.
+    resample: resize filter, a key of ``RESAMPLE``.
   """
 
   image_size: int
-  mean: tuple[float, float, float] = CLIP_MEAN
-  std: tuple[float, float, float] = CLIP_STD
-  resample: str = "bicubic"
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+  resample: str = "bilinear"
 
   def __post_init__(self):
-    if self.resample not in _RESAMPLE:
+    if self.resample not in RESAMPLE:
       raise ValueError(f"resample {self.resample!r}: expected one of "
-                       f"{tuple(_RESAMPLE)}")
+                       f"{tuple(RESAMPLE)}")
 
   def resize(self, image: Image.Image) -> np.ndarray:
     """PIL image (any size/mode) -> uint8 [S, S, 3]."""
-    image = image.convert("RGB")
-    if image.size != (self.image_size, self.image_size):
-      image = image.resize((self.image_size, self.image_size),
-                           _RESAMPLE[self.resample])
+    image = resize_image(image.convert("RGB"), self.image_size, self.resample)
     return np.asarray(image, dtype=np.uint8)
 
   def normalize(self, pixels: np.ndarray) -> np.ndarray:
@@ -59,7 +78,11 @@ class Preprocessing:
     return (np.asarray(pixels, np.float32) - mean) / std
 
   def __call__(self, images: np.ndarray | Sequence[Image.Image]) -> np.ndarray:
-    """uint8 [N, H, W, 3] array or PIL images -> float32 [N, S, S, 3]."""
+    """uint8 [N, H, W, 3] array or PIL images -> float32 [N, S, S, 3].
+
+    Raises:
+      ValueError: an array that is not uint8 [N, H, W, 3].
+    """
     if isinstance(images, np.ndarray):
       if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(

@@ -246,3 +246,15 @@ def test_input_small_class_error_gives_the_command_line_switch():
     data.EpisodeSampler(ds, way=2, shot=1, query=2, image_size=4)
   assert "'c' (label 2) has 2" in str(e.value)
   assert "--config.dataset.exclude_small_classes=True" in str(e.value)
+
+
+def test_input_macos_zip_mirror_folder_is_not_data(tmp_path):
+  # A zip made on a Mac holds __MACOSX/<same tree>/._<file> beside the data:
+  # it is neither a class nor part of the source fingerprint.
+  manual = tmp_path / "pets"
+  for c, name in enumerate(["cat", "dog"]):
+    _write(manual / name / "0.png", c)
+    _appledouble(manual / "__MACOSX" / name / "._0.png")
+  result = _prepare("image_folder", tmp_path, manual)
+  assert result.dataset.class_names == ["cat", "dog"]
+  assert "__MACOSX" not in str(result.dataset.metadata["source"])

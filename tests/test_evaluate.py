@@ -9,39 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _fake_results import fake_outputs, fake_results
 
 from jaxfsl.io import aggregate, reports
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def fake_outputs(num_episodes, seed=0):
-  """Engine-shaped outputs: accuracies are k / 75 in float32."""
-  rng = np.random.default_rng(seed)
-  e = num_episodes
-  acc = (rng.integers(0, 76, (e, 5)) / 75).astype(np.float32)
-  stages = {"accuracy": acc}
-  zero_shot = {"accuracy": (rng.integers(0, 76, e) / 75).astype(np.float32)}
-  for m in aggregate.STAGE_METRICS:
-    stages[m] = rng.random((e, 5)).astype(np.float32)
-    zero_shot[m] = rng.random(e).astype(np.float32)
-  losses = {t: rng.random((e, 5)).astype(np.float32)
-            for t in aggregate.LOSS_TERMS}
-  return {"stages": stages, "zero_shot": zero_shot, "losses": losses,
-          "first_nonfinite_step": np.full((e,), -1, np.int32)}
-
-
-def fake_results(dataset="eurosat", method="CLIP-LoRA + SVL + RA", n=12,
-                 seed=0, shot=1, complete=True, demo=False):
-  records = aggregate.episode_records(fake_outputs(n, seed), range(n))
-  results = aggregate.summarize(records)
-  results.update(
-      dataset=dataset, way=5, shot=shot, query=15, steps=250, seed=1,
-      variant="svl_ra", method=method, model="test", demo=demo,
-      note="pipeline check" if demo else "",
-      episodes_expected=n if complete else n + 5, complete=complete,
-      config={}, run={}, episodes=records)
-  return results
 
 
 def test_mean_ci95_is_the_benchmark_formula():
@@ -102,7 +74,8 @@ def test_reports_are_consistent(tmp_path):
   results = fake_results(demo=True)
   reports.write_all(tmp_path, results)
   loaded = reports.load_results(tmp_path)
-  assert loaded == json.loads(json.dumps(results))  # Exact round trip.
+  # Exact round trip (the per-step losses go to step_losses.npz).
+  assert loaded == json.loads(json.dumps(reports.json_results(results)))
   rows = reports.read_csv(tmp_path / "results.csv")
   assert [int(r["index"]) for r in rows] == list(range(12))
   for row, rec in zip(rows, loaded["episodes"], strict=True):
@@ -141,8 +114,7 @@ def test_comparison_table_layout():
 
 def test_summarize_tool(tmp_path):
   for i, d in enumerate(["isic2018", "crop_disease"]):
-    reports.write_json(tmp_path / f"run{i}" / "results.json",
-                         fake_results(d, seed=i))
+    reports.write_all(tmp_path / f"run{i}", fake_results(d, seed=i))
   out = tmp_path / "table.md"
   proc = subprocess.run(
       [sys.executable, str(REPO / "tools" / "summarize.py"), str(tmp_path),

@@ -246,3 +246,20 @@ def test_four_devices_give_the_same_results(reference, cache, tmp_path):
   assert results["config"]["episodes_per_batch"] == 4
   _assert_same_episodes(reports.load_results(work)["episodes"],
                         results["episodes"])
+
+
+def test_seeds_run_one_job_each_and_a_summary(reference, cache, tmp_path):
+  """--config.seeds=1,2: WORKDIR/seed_1 (the same episodes as the reference
+  run, whose seed is 1) and seed_2 (other episodes), then seeds.json."""
+  run_job(tmp_path, "--config.seeds=1,2", "--config.episodes=4",
+          cache=cache, data_dir=reference / "data")
+  one = reports.load_results(tmp_path / "seed_1")
+  two = reports.load_results(tmp_path / "seed_2")
+  ref = reports.load_results(reference)["episodes"][:4]
+  _assert_same_episodes(ref, one["episodes"])
+  assert one["seed"] == 1 and two["seed"] == 2
+  assert [e["accuracy"] for e in two["episodes"]] != [
+      e["accuracy"] for e in one["episodes"]]
+  seeds = json.loads((tmp_path / "seeds.json").read_text())
+  assert "2 seeds" in (tmp_path / "summary.md").read_text()
+  assert seeds["num_seeds"] == 2

@@ -7,6 +7,10 @@ import pytest
 from PIL import Image
 
 from jaxfsl import preprocess as pp
+from jaxfsl.models import families
+
+CLIP = families.get("clip")
+SIGLIP = families.get("siglip")
 
 
 def _formula(pixels: np.ndarray, mean, std) -> np.ndarray:
@@ -19,8 +23,8 @@ def _random_uint8(shape, seed=0) -> np.ndarray:
   return np.random.RandomState(seed).randint(0, 256, shape).astype(np.uint8)
 
 
-@pytest.mark.parametrize("mean,std", [(pp.CLIP_MEAN, pp.CLIP_STD),
-                                      (pp.SIGLIP_MEAN, pp.SIGLIP_STD)])
+@pytest.mark.parametrize("mean,std", [(CLIP.mean, CLIP.std),
+                                      (SIGLIP.mean, SIGLIP.std)])
 def test_normalize_matches_formula(mean, std):
   pre = pp.Preprocessing(16, mean, std)
   pixels = _random_uint8((2, 16, 16, 3))
@@ -31,7 +35,7 @@ def test_normalize_matches_formula(mean, std):
 
 
 def test_siglip_range_is_minus_one_to_one():
-  pre = pp.Preprocessing(4, pp.SIGLIP_MEAN, pp.SIGLIP_STD, "bilinear")
+  pre = SIGLIP.preprocessing(4)
   black = np.zeros((1, 4, 4, 3), np.uint8)
   white = np.full((1, 4, 4, 3), 255, np.uint8)
   np.testing.assert_array_equal(pre(black), -1.0)
@@ -39,7 +43,7 @@ def test_siglip_range_is_minus_one_to_one():
 
 
 def test_call_on_right_size_array_only_normalises():
-  pre = pp.Preprocessing(16)
+  pre = CLIP.preprocessing(16)
   pixels = _random_uint8((3, 16, 16, 3))
   out = pre(pixels)
   assert out.dtype == np.float32 and out.shape == (3, 16, 16, 3)
@@ -55,7 +59,7 @@ def test_resize_without_crop(hw):
   image[:, : max(1, w // 3)] = (255, 0, 0)  # red left band
   image[:, w - max(1, w // 3):] = (0, 0, 255)  # blue right band
   image[: max(1, h // 3), w // 3: w - w // 3] = (0, 255, 0)  # green top
-  pre = pp.Preprocessing(s, resample="nearest")
+  pre = pp.Preprocessing(s, CLIP.mean, CLIP.std, resample="nearest")
   resized = pre.resize(Image.fromarray(image))
   assert resized.dtype == np.uint8 and resized.shape == (s, s, 3)
   # A centre crop of the long side would lose the outer bands.
@@ -68,7 +72,7 @@ def test_resize_without_crop(hw):
 def test_call_resizes_non_square_arrays_and_pil_images():
   s = 24
   pixels = _random_uint8((2, 30, 50, 3))
-  pre = pp.Preprocessing(s)  # bicubic, CLIP statistics
+  pre = pp.Preprocessing(s, CLIP.mean, CLIP.std, "bicubic")
   out = pre(pixels)
   assert out.dtype == np.float32 and out.shape == (2, s, s, 3)
   expected = np.stack([
@@ -86,7 +90,7 @@ def test_call_resizes_non_square_arrays_and_pil_images():
 
 
 def test_resize_returns_uint8_for_any_mode():
-  pre = pp.Preprocessing(8)
+  pre = CLIP.preprocessing(8)
   for mode in ("L", "RGBA", "P", "RGB", "I;16"):
     image = Image.new(mode, (5, 11))
     out = pre.resize(image)
@@ -95,7 +99,7 @@ def test_resize_returns_uint8_for_any_mode():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
 def test_non_uint8_arrays_rejected(dtype):
-  pre = pp.Preprocessing(8)
+  pre = CLIP.preprocessing(8)
   with pytest.raises(ValueError, match="uint8") as e:
     pre(np.zeros((1, 8, 8, 3), dtype))
   assert np.dtype(dtype).name in str(e.value)
@@ -106,7 +110,7 @@ def test_non_uint8_arrays_rejected(dtype):
 @pytest.mark.parametrize("shape", [(8, 8, 3), (1, 8, 8), (1, 8, 8, 4),
                                    (1, 8, 8, 1), (2, 1, 8, 8, 3)])
 def test_wrong_shape_rejected(shape):
-  pre = pp.Preprocessing(8)
+  pre = CLIP.preprocessing(8)
   with pytest.raises(ValueError, match=r"\[N, H, W, 3\]") as e:
     pre(np.zeros(shape, np.uint8))
   assert str(shape) in str(e.value)
@@ -114,10 +118,24 @@ def test_wrong_shape_rejected(shape):
 
 def test_bad_resample_rejected():
   with pytest.raises(ValueError, match="resample"):
-    pp.Preprocessing(8, resample="lanczos9")
+    pp.Preprocessing(8, CLIP.mean, CLIP.std, resample="lanczos9")
 
 
-def test_default_is_clip_bicubic():
-  pre = pp.Preprocessing(224)
-  assert (pre.mean, pre.std, pre.resample) == (pp.CLIP_MEAN, pp.CLIP_STD,
-                                               "bicubic")
+def test_family_defaults():
+  clip, siglip = CLIP.preprocessing(224), SIGLIP.preprocessing(224)
+  assert clip.mean == (0.48145466, 0.4578275, 0.40821073)
+  assert clip.std == (0.26862954, 0.26130258, 0.27577711)
+  assert siglip.mean == siglip.std == (0.5, 0.5, 0.5)
+  # One resize rule per family, the method's (bilinear, no crop).
+  assert clip.resample == siglip.resample == "bilinear"
+
+
+@pytest.mark.parametrize("name", sorted(families.FAMILIES))
+def test_model_preprocess_resizes_as_the_episode_pipeline(name):
+  """Model.preprocess and the episode pipeline (jaxfsl.data) give the same
+  pixels for one image, for every registered family."""
+  from jaxfsl.data import augment
+  image = Image.fromarray(_random_uint8((37, 53, 3), seed=3))
+  pre = families.get(name).preprocessing(24)
+  episode = np.asarray(augment.resize(image, 24), np.uint8)
+  np.testing.assert_array_equal(pre.resize(image), episode)

@@ -107,7 +107,7 @@ def _clip_backend(vocab, merges):
       normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
       normalizers.Lowercase()])
   tok.pre_tokenizer = pre_tokenizers.Sequence([
-      pre_tokenizers.Split(Regex(jt._CLIP_SPLIT), behavior="removed",
+      pre_tokenizers.Split(Regex(jt.CLIP_SPLIT), behavior="removed",
                            invert=True),
       pre_tokenizers.ByteLevel(add_prefix_space=False)])
   tok.decoder = decoders.ByteLevel()
@@ -133,7 +133,7 @@ def clip_dirs(tmp_path_factory):
       normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
       normalizers.Lowercase()])
   trainer_tok.pre_tokenizer = pre_tokenizers.Sequence([
-      pre_tokenizers.Split(Regex(jt._CLIP_SPLIT), behavior="removed",
+      pre_tokenizers.Split(Regex(jt.CLIP_SPLIT), behavior="removed",
                            invert=True),
       pre_tokenizers.ByteLevel(add_prefix_space=False)])
   trainer_tok.train_from_iterator(_corpus(), trainers.BpeTrainer(

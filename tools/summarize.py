@@ -5,15 +5,23 @@ r"""One markdown table of datasets x methods from several job workdirs.
 Each argument is a workdir (or its results.json); a folder holding no
 results.json is searched one level down. Prints one table per way/shot in
 the paper's layout (ISIC / EuroSAT / CropDisease / ChestX, then others, and
-the average when every row has every dataset), cells "mean ± 95% CI";
-incomplete runs are marked with *.
+the average when every row has every dataset), cells "mean ± 95% CI (n=
+episodes)"; incomplete runs are marked with *. Rows are labelled with the
+method and every setting that differs between runs of one dataset (model,
+trainable, T, seed, other config keys).
+
+A multi-seed job (``--config.seeds=1,2,3``: one ``seed_<s>`` workdir per
+seed) is one row: the cell is the mean over seeds, and a table per job
+gives each seed's mean ± 95% CI over episodes.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
 try:
   import jaxfsl.io.reports  # noqa: F401
@@ -22,19 +30,36 @@ except ImportError:  # Run from a checkout without `pip install -e .`.
 
 from jaxfsl.io import reports
 
+SEED_DIR = re.compile(r"seed_(-?\d+)$")
+
+
+def _seed_results(p: Path) -> list[Path]:
+  return sorted(f for f in p.glob("seed_*/results.json")
+                if SEED_DIR.match(f.parent.name))
+
+
+def _job_results(p: Path) -> list[Path]:
+  """A job workdir's results: its seeds' for a multi-seed job (whose own
+  results.json, if any, is not a per-seed result), else its own."""
+  seeds = _seed_results(p)
+  if seeds:
+    return seeds
+  return [p / "results.json"] if (p / "results.json").is_file() else []
+
 
 def find_results(paths: list[str]) -> list[Path]:
-  """results.json files named by ``paths`` (workdirs, files, or folders of
-  workdirs), in order, without duplicates."""
+  """results.json files named by ``paths`` (workdirs, files, folders of
+  workdirs, multi-seed workdirs holding ``seed_<s>/``), in order, without
+  duplicates."""
   found: list[Path] = []
   for p in map(Path, paths):
     p = p.expanduser()
     if p.is_file():
       candidates = [p]
-    elif (p / "results.json").is_file():
-      candidates = [p / "results.json"]
     elif p.is_dir():
-      candidates = sorted(p.glob("*/results.json"))
+      candidates = _job_results(p) or [
+          f for child in sorted(p.iterdir()) if child.is_dir()
+          for f in _job_results(child)]
     else:
       candidates = []
     if not candidates:
@@ -43,6 +68,34 @@ def find_results(paths: list[str]) -> list[Path]:
       if c.resolve() not in {f.resolve() for f in found}:
         found.append(c)
   return found
+
+
+def group_seeds(files: list[Path]) -> list[dict[str, Any]]:
+  """Loads the results; those in ``seed_<s>`` folders of one parent become
+  one ``reports.seed_group`` entry (in the place of the first). Raises
+  ValueError (naming the folder) when such runs are not one job."""
+  groups: dict[Path, list[dict[str, Any]]] = {}
+  order: list[Path | dict[str, Any]] = []
+  for f in files:
+    results = reports.load_results(f)
+    if SEED_DIR.match(f.parent.name):
+      parent = f.parent.parent
+      if parent not in groups:
+        groups[parent] = []
+        order.append(parent)
+      groups[parent].append(results)
+    else:
+      order.append(results)
+  out = []
+  for item in order:
+    if isinstance(item, Path):
+      try:
+        out.append(reports.seed_group(groups[item]))
+      except ValueError as e:
+        raise ValueError(f"{item}: {e}") from None
+    else:
+      out.append(item)
+  return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,8 +109,12 @@ def main(argv: list[str] | None = None) -> int:
   if not files:
     print("ERROR: no results.json found", file=sys.stderr)
     return 1
-  table = reports.comparison_table(
-      [reports.load_results(f) for f in files], digits=args.digits)
+  try:
+    runs = group_seeds(files)
+  except ValueError as e:
+    print(f"ERROR: {e}", file=sys.stderr)
+    return 1
+  table = reports.comparison_table(runs, digits=args.digits)
   print(table)
   if args.out:
     reports.write_text_atomic(args.out, table)

@@ -1,4 +1,4 @@
-"""big_vision SigLIP ``.npz`` checkpoints -> ``Model``.
+"""big_vision SigLIP ``.npz`` checkpoints: the "big_vision" layout.
 
 big_vision saves a two-tower model as one ``np.savez`` whose keys are the
 flattened Flax param paths joined with "/", usually under ``params/`` (or
@@ -28,75 +28,36 @@ A scanned encoder (``scan=True``) stores one ``encoderblock`` with a leading
 depth axis instead of ``encoderblock_{i}``; both are read. Two old layouts
 big_vision's own loaders fix up are handled the same way: the image
 ``pos_embedding`` under ``Transformer/`` and an extra text
-``Encoder_0/pos_embedding`` that is added to the real one. big_vision's
-``nn.LayerNorm`` has epsilon 1e-6 and ``nn.gelu`` is the tanh approximation;
-heads come from the attention kernels' shapes.
+``Encoder_0/pos_embedding`` that is added to the real one. Heads come from
+the attention kernels' shapes; activation, epsilon and pooling are the SigLIP
+family's (``jaxfsl.models.families.siglip``).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import re
 import warnings
-import zipfile
-import zlib
-from typing import Any
+from collections.abc import Collection
 
-import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 
-from jaxfsl.checkpoints import common
-from jaxfsl.checkpoints.common import CheckpointError, Tensors
-from jaxfsl.models.config import ModelConfig, TextConfig, VisionConfig
-from jaxfsl.models.model import Model
+from jaxfsl.checkpoints import tensors as T
+from jaxfsl.checkpoints.errors import (
+    CheckpointError,
+    CheckpointWarning,
+    listing,
+)
+from jaxfsl.checkpoints.tensors import Tensors
+from jaxfsl.models.config import ModelConfig
 
-_EPS = 1e-6
-_ACT = "gelu_tanh"
 _ATT = "MultiHeadDotProductAttention_0"
 _PREFIXES = ("params/", "opt/target/")
 
 
-def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Every array of an ``.npz``, read with ``allow_pickle=False``.
-
-  Returns:
-    {key: array}; numpy's void-2 arrays (how ``np.savez`` stores bfloat16)
-    are viewed as bfloat16, as big_vision does.
-
-  Raises:
-    CheckpointError: not an npz, truncated, or an entry that needs pickle.
-  """
-  try:
-    npz = np.load(str(path), allow_pickle=False)
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-    raise CheckpointError(
-        f"{path}: not a readable .npz file (truncated or not a zip of .npy "
-        f"arrays): {e}") from e
-  if not isinstance(npz, np.lib.npyio.NpzFile):
-    raise CheckpointError(
-        f"{path}: holds a single array (np.save), not a .npz of named "
-        "parameters")
-  out = {}
-  with npz:
-    for key in npz.files:
-      try:
-        array = npz[key]
-      except ValueError as e:
-        if "pickle" in str(e):
-          raise CheckpointError(
-              f"{path}: entry {key!r} is an object array stored with pickle; "
-              "refusing to unpickle it (np.load(allow_pickle=False)): "
-              "parameters must be plain numeric arrays") from e
-        raise CheckpointError(f"{path}: entry {key!r} unreadable: {e}") from e
-      except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise CheckpointError(
-            f"{path}: entry {key!r} unreadable (truncated file?): {e}") from e
-      if array.dtype.type is np.void and array.dtype.itemsize == 2:
-        array = array.view(ml_dtypes.bfloat16)
-      out[key] = array
-  return out
+def matches(keys: Collection[str]) -> bool:
+  """Whether array names look like a big_vision two-tower model."""
+  return any(k.endswith(("img/embedding/kernel", "txt/Embed_0/embedding"))
+             for k in keys)
 
 
 def _prefix(keys: list[str]) -> str:
@@ -111,19 +72,7 @@ def _depth(t: Tensors, base: str, path: str) -> tuple[int, bool]:
   scanned_key = f"{base}/encoderblock/LayerNorm_0/scale"
   if scanned_key in t:
     return t.shape(scanned_key)[0], True
-  pattern = re.compile(re.escape(base) + r"/encoderblock_(\d+)/")
-  found = {int(m.group(1)) for k in t.keys() if (m := pattern.match(k))}
-  if not found:
-    raise CheckpointError(
-        f"{path}: no encoder blocks under {base!r} (expected "
-        f"{base}/encoderblock_0/... or a scanned {base}/encoderblock/...)")
-  depth = max(found) + 1
-  if found != set(range(depth)):
-    missing = sorted(set(range(depth)) - found)
-    raise CheckpointError(
-        f"{path}: encoder blocks under {base!r} are not contiguous: missing "
-        f"encoderblock_{missing[0]} (of 0..{depth - 1})")
-  return depth, False
+  return T.count_blocks(t, f"{base}/encoderblock_", "/", path), False
 
 
 def _encoder(t: Tensors, base: str, depth: int, scanned: bool, width: int,
@@ -151,19 +100,19 @@ def _encoder(t: Tensors, base: str, depth: int, scanned: bool, width: int,
          per_layer("MlpBlock_0/Dense_1/bias", (width,)))
   blocks = {}
   for i in range(depth):
-    q, k, v = (common.dense(qkv[n][0][i].reshape(width, width),
+    q, k, v = (T.dense(qkv[n][0][i].reshape(width, width),
                             qkv[n][1][i].reshape(width))
                for n in ("query", "key", "value"))
     blocks[f"blocks_{i}"] = {
-        "ln1": common.ln(ln["LayerNorm_0"][0][i], ln["LayerNorm_0"][1][i]),
+        "ln1": T.ln(ln["LayerNorm_0"][0][i], ln["LayerNorm_0"][1][i]),
         "attn": {
-            "qkv": common.fused_qkv(q, k, v),
-            "out": common.dense(out_k[i].reshape(width, width), out_b[i]),
+            "qkv": T.fused_qkv(q, k, v),
+            "out": T.dense(out_k[i].reshape(width, width), out_b[i]),
         },
-        "ln2": common.ln(ln["LayerNorm_1"][0][i], ln["LayerNorm_1"][1][i]),
+        "ln2": T.ln(ln["LayerNorm_1"][0][i], ln["LayerNorm_1"][1][i]),
         "mlp": {
-            "fc1": common.dense(fc1[0][i], fc1[1][i]),
-            "fc2": common.dense(fc2[0][i], fc2[1][i]),
+            "fc1": T.dense(fc1[0][i], fc1[1][i]),
+            "fc2": T.dense(fc2[0][i], fc2[1][i]),
         },
     }
   return blocks
@@ -190,12 +139,12 @@ def _mlp_dim(t: Tensors, base: str, scanned: bool, path: str) -> int:
 
 
 def _dense(t: Tensors, name: str, n_in: int, n_out: int) -> dict:
-  return common.dense(t.get(f"{name}/kernel", (n_in, n_out)),
+  return T.dense(t.get(f"{name}/kernel", (n_in, n_out)),
                       t.get(f"{name}/bias", (n_out,)))
 
 
 def _ln(t: Tensors, name: str, width: int) -> dict:
-  return common.ln(t.get(f"{name}/scale", (width,)),
+  return T.ln(t.get(f"{name}/scale", (width,)),
                    t.get(f"{name}/bias", (width,)))
 
 
@@ -223,7 +172,7 @@ def convert_big_vision(arrays: dict[str, np.ndarray], path: str
     raise CheckpointError(
         f"{path}: unknown layout: expected big_vision SigLIP keys such as "
         f"'params/img/embedding/kernel' and 'params/txt/Embed_0/embedding'; "
-        f"found {common.listing(sorted(keys))}")
+        f"found {listing(sorted(keys))}")
 
   # ---- image tower architecture.
   kshape = t.shape(f"{img}/embedding/kernel")
@@ -276,20 +225,15 @@ def convert_big_vision(arrays: dict[str, np.ndarray], path: str
         "SigLIP's last-token text pooling is supported")
   has_bias = f"{p}b" in t
 
-  config = common.make_config(path, lambda: ModelConfig(
-      family="siglip",
-      vision=VisionConfig(
-          image_size=grid * patch, patch_size=patch, width=width, depth=depth,
-          heads=heads, mlp_dim=mlp_dim, embed_dim=embed, act=_ACT, pool="map",
-          pre_norm=False, patch_bias=True, proj=img_proj, proj_bias=img_proj,
-          norm_eps=_EPS),
-      text=TextConfig(
-          vocab_size=vocab, context_length=context, width=text_width,
-          depth=text_depth, heads=text_heads, mlp_dim=text_mlp,
-          embed_dim=embed, act=_ACT, causal=False, pool="last",
-          eot_token_id=None, proj_bias=True, norm_eps=_EPS),
-      logit_scale_init=2.302585,
-      logit_bias_init=-10.0 if has_bias else None))
+  config = T.make_config(
+      path, "siglip",
+      vision=dict(image_size=grid * patch, patch_size=patch, width=width,
+                  depth=depth, heads=heads, mlp_dim=mlp_dim, embed_dim=embed,
+                  proj=img_proj, proj_bias=img_proj),
+      text=dict(vocab_size=vocab, context_length=context, width=text_width,
+                depth=text_depth, heads=text_heads, mlp_dim=text_mlp,
+                embed_dim=embed),
+      **({} if has_bias else {"logit_bias_init": None}))
 
   # ---- conversion.
   map_base = f"{img}/MAPHead_0"
@@ -298,7 +242,7 @@ def convert_big_vision(arrays: dict[str, np.ndarray], path: str
   def map_dense(n):
     k = t.get(f"{map_base}/{_ATT}/{n}/kernel", (width, heads, head_dim))
     b = t.get(f"{map_base}/{_ATT}/{n}/bias", (heads, head_dim))
-    return common.dense(k.reshape(width, width), b.reshape(width))
+    return T.dense(k.reshape(width, width), b.reshape(width))
 
   img_params = {
       "patch_embed": {
@@ -312,9 +256,9 @@ def convert_big_vision(arrays: dict[str, np.ndarray], path: str
       "map_head": {
           "probe": t.get(f"{map_base}/probe", (1, 1, width)).reshape(width),
           "attn": {
-              "qkv": common.fused_qkv(map_dense("query"), map_dense("key"),
+              "qkv": T.fused_qkv(map_dense("query"), map_dense("key"),
                                       map_dense("value")),
-              "out": common.dense(
+              "out": T.dense(
                   t.get(f"{map_base}/{_ATT}/out/kernel",
                         (heads, head_dim, width)).reshape(width, width),
                   t.get(f"{map_base}/{_ATT}/out/bias", (width,))),
@@ -357,37 +301,7 @@ def convert_big_vision(arrays: dict[str, np.ndarray], path: str
   if other:
     warnings.warn(
         f"{path}: ignoring {len(other)} non-parameter entries outside "
-        f"{p!r}: {common.listing(sorted(other))}", common.CheckpointWarning,
+        f"{p!r}: {listing(sorted(other))}", CheckpointWarning,
         stacklevel=3)
   return config, params
 
-
-def load_big_vision(path: str | os.PathLike,
-                    tokenizer: common.TokenizerArg = None,
-                    dtype: Any = jnp.float32) -> Model:
-  """Loads a big_vision SigLIP ``.npz``.
-
-  Args:
-    path: the .npz file.
-    tokenizer: path to the SentencePiece model (or Gemma tokenizer.json) or
-      its folder, or a callable; None leaves ``Model.tokenizer`` None (feed
-      token ids: SigLIP pads with the EOS id to the context length).
-    dtype: compute dtype; parameters stay float32.
-
-  Returns:
-    The Model (preprocessing: inputs scaled to [-1, 1], bilinear resize).
-
-  Raises:
-    CheckpointError: unreadable/pickled/truncated file, unknown layout,
-      missing / mis-shaped / unexpected tensors.
-  """
-  path = str(path)
-  config, params = convert_big_vision(read_npz(path), path)
-  params = common.finalize_params(params, config, path)
-  return Model(
-      config=config, params=params,
-      tokenizer=common.resolve_tokenizer(tokenizer, "siglip",
-                                         config.text.context_length),
-      preprocessing=common.default_preprocessing("siglip",
-                                                 config.vision.image_size),
-      dtype=dtype, name=path)

@@ -9,7 +9,9 @@ Gemma ``tokenizer.json``), weights in ``model.safetensors``, sharded
 
 The architecture comes from config.json, read as plain JSON with the defaults
 of transformers' config classes (transformers is not needed at run time), and
-every tensor shape is checked against it. Behaviour matched (transformers 5.x,
+every tensor shape is checked against it; the flags a config.json does not
+state come from the family (``jaxfsl.models.families``). Another HF
+architecture is one ``MODEL_TYPES`` entry. Behaviour matched (transformers 5.x,
 ``models/clip/modeling_clip.py``, ``models/siglip/modeling_siglip.py``):
 
 * CLIP text pooling: first position of ``eos_token_id``, except the legacy
@@ -33,10 +35,14 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfsl.checkpoints import common
-from jaxfsl.checkpoints.common import CheckpointError, Tensors
-from jaxfsl.models.config import ModelConfig, TextConfig, VisionConfig
+from jaxfsl.checkpoints import readers
+from jaxfsl.checkpoints import tensors as T
+from jaxfsl.checkpoints.errors import CheckpointError
+from jaxfsl.checkpoints.tensors import Tensors
+from jaxfsl.models import families
+from jaxfsl.models.config import ModelConfig, TextConfig
 from jaxfsl.models.model import Model
+from jaxfsl.paths import user_path
 from jaxfsl.preprocess import Preprocessing
 
 # Defaults of transformers' config classes, for keys a config.json omits
@@ -67,14 +73,6 @@ _ACTIVATIONS = {
     "gelu_pytorch_tanh": "gelu_tanh",
     "gelu_new": "gelu_tanh",
 }
-
-# PIL resample codes as HF image processors store them.
-_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
-
-_WEIGHTS = "model.safetensors"
-_WEIGHTS_INDEX = "model.safetensors.index.json"
-_TORCH_WEIGHTS = "pytorch_model.bin"
-_TORCH_WEIGHTS_INDEX = "pytorch_model.bin.index.json"
 
 
 def _harmless(key: str) -> bool:
@@ -112,15 +110,26 @@ def _act(name: Any, field: str, path: str) -> str:
   return _ACTIVATIONS[name]
 
 
-def _eps(value: Any, default: float) -> float:
-  return default if value is None else float(value)
-
-
-def _check_channels(vc: dict, path: str) -> None:
-  if int(vc["num_channels"]) != 3:
-    raise CheckpointError(
-        f"{path}: vision_config.num_channels={vc['num_channels']}; only RGB "
-        "(3) is supported")
+def _tower(c: dict, name: str, path: str, embed: int) -> dict:
+  """Sizes (and the activation / epsilon a config.json states) of one tower
+  from its ``{name}`` sub-config; the family supplies the rest."""
+  out = dict(width=int(c["hidden_size"]), depth=int(c["num_hidden_layers"]),
+             heads=int(c["num_attention_heads"]),
+             mlp_dim=int(c["intermediate_size"]), embed_dim=embed,
+             act=_act(c["hidden_act"], f"{name}.hidden_act", path))
+  if c["layer_norm_eps"] is not None:  # None keeps the family's epsilon
+    out["norm_eps"] = float(c["layer_norm_eps"])
+  if name == "vision_config":
+    if int(c["num_channels"]) != 3:
+      raise CheckpointError(
+          f"{path}: vision_config.num_channels={c['num_channels']}; only RGB "
+          "(3) is supported")
+    out.update(image_size=_square(c["image_size"], f"{name}.image_size", path),
+               patch_size=_square(c["patch_size"], f"{name}.patch_size", path))
+  else:
+    out.update(vocab_size=int(c["vocab_size"]),
+               context_length=int(c["max_position_embeddings"]))
+  return out
 
 
 def clip_config_from_hf(cfg: dict, path: str = "config.json") -> ModelConfig:
@@ -128,7 +137,6 @@ def clip_config_from_hf(cfg: dict, path: str = "config.json") -> ModelConfig:
   tc = _sub_config(cfg, "text_config", _CLIP_TEXT, path)
   vc = _sub_config(cfg, "vision_config", _CLIP_VISION, path)
   top = {**_CLIP_TOP, **cfg}
-  _check_channels(vc, path)
   eos = tc["eos_token_id"]
   if isinstance(eos, list) and len(eos) == 1:
     eos = eos[0]
@@ -140,33 +148,10 @@ def clip_config_from_hf(cfg: dict, path: str = "config.json") -> ModelConfig:
   # models pool at the highest token id (OpenAI's argmax).
   eot = None if eos == 2 else eos
   embed = int(top["projection_dim"])
-
-  def build():
-    return ModelConfig(
-        family="clip",
-        vision=VisionConfig(
-            image_size=_square(vc["image_size"], "vision_config.image_size",
-                               path),
-            patch_size=_square(vc["patch_size"], "vision_config.patch_size",
-                               path),
-            width=int(vc["hidden_size"]), depth=int(vc["num_hidden_layers"]),
-            heads=int(vc["num_attention_heads"]),
-            mlp_dim=int(vc["intermediate_size"]), embed_dim=embed,
-            act=_act(vc["hidden_act"], "vision_config.hidden_act", path),
-            pool="cls", pre_norm=True, patch_bias=False, proj=True,
-            proj_bias=False, norm_eps=_eps(vc["layer_norm_eps"], 1e-5)),
-        text=TextConfig(
-            vocab_size=int(tc["vocab_size"]),
-            context_length=int(tc["max_position_embeddings"]),
-            width=int(tc["hidden_size"]), depth=int(tc["num_hidden_layers"]),
-            heads=int(tc["num_attention_heads"]),
-            mlp_dim=int(tc["intermediate_size"]), embed_dim=embed,
-            act=_act(tc["hidden_act"], "text_config.hidden_act", path),
-            causal=True, pool="eot", eot_token_id=eot, proj_bias=False,
-            norm_eps=_eps(tc["layer_norm_eps"], 1e-5)),
-        logit_scale_init=float(top["logit_scale_init_value"]),
-        logit_bias_init=None)
-  return common.make_config(path, build)
+  return T.make_config(
+      path, "clip", vision=_tower(vc, "vision_config", path, embed),
+      text={**_tower(tc, "text_config", path, embed), "eot_token_id": eot},
+      logit_scale_init=float(top["logit_scale_init_value"]))
 
 
 def siglip_config_from_hf(cfg: dict, path: str = "config.json"
@@ -174,7 +159,6 @@ def siglip_config_from_hf(cfg: dict, path: str = "config.json"
   """A ``ModelConfig`` from a ``SiglipModel`` config.json dict."""
   tc = _sub_config(cfg, "text_config", _SIGLIP_TEXT, path)
   vc = _sub_config(cfg, "vision_config", _SIGLIP_VISION, path)
-  _check_channels(vc, path)
   if not vc["vision_use_head"]:
     raise CheckpointError(
         f"{path}: vision_config.vision_use_head is false: the image tower has "
@@ -190,105 +174,21 @@ def siglip_config_from_hf(cfg: dict, path: str = "config.json"
         f"vision_config.hidden_size={width}; SigLIP compares the text head "
         "output with the pooled image tokens, so they must match")
 
-  def build():
-    return ModelConfig(
-        family="siglip",
-        vision=VisionConfig(
-            image_size=_square(vc["image_size"], "vision_config.image_size",
-                               path),
-            patch_size=_square(vc["patch_size"], "vision_config.patch_size",
-                               path),
-            width=width, depth=int(vc["num_hidden_layers"]),
-            heads=int(vc["num_attention_heads"]),
-            mlp_dim=int(vc["intermediate_size"]), embed_dim=width,
-            act=_act(vc["hidden_act"], "vision_config.hidden_act", path),
-            pool="map", pre_norm=False, patch_bias=True, proj=False,
-            proj_bias=False, norm_eps=_eps(vc["layer_norm_eps"], 1e-6)),
-        text=TextConfig(
-            vocab_size=int(tc["vocab_size"]),
-            context_length=int(tc["max_position_embeddings"]),
-            width=text_width, depth=int(tc["num_hidden_layers"]),
-            heads=int(tc["num_attention_heads"]),
-            mlp_dim=int(tc["intermediate_size"]), embed_dim=proj,
-            act=_act(tc["hidden_act"], "text_config.hidden_act", path),
-            causal=False, pool="last", eot_token_id=None, proj_bias=True,
-            norm_eps=_eps(tc["layer_norm_eps"], 1e-6)),
-        logit_scale_init=2.302585,
-        logit_bias_init=-10.0)
-  return common.make_config(path, build)
+  return T.make_config(
+      path, "siglip", vision=_tower(vc, "vision_config", path, width),
+      text=_tower(tc, "text_config", path, proj))
 
 
 # ----------------------------------------------------------------- weights
 
 
 def read_hf_weights(folder: str | os.PathLike) -> Tensors:
-  """All weight tensors of a HF folder, each remembered with its file.
-
-  Order of preference, as transformers: model.safetensors, the safetensors
-  index, pytorch_model.bin, its index. Other ``*.safetensors`` files in the
-  folder (e.g. ``open_clip_model.safetensors``) are never read.
-  """
-  folder = Path(folder)
-  if (folder / _WEIGHTS).is_file():
-    f = folder / _WEIGHTS
-    return Tensors(common.read_safetensors(f), str(f))
-  if (folder / _WEIGHTS_INDEX).is_file():
-    return _read_sharded(folder, folder / _WEIGHTS_INDEX,
-                         common.read_safetensors)
-  if (folder / _TORCH_WEIGHTS).is_file():
-    f = folder / _TORCH_WEIGHTS
-    return Tensors(common.torch_to_numpy(common.torch_load_weights(f), f),
-                   str(f))
-  if (folder / _TORCH_WEIGHTS_INDEX).is_file():
-    return _read_sharded(
-        folder, folder / _TORCH_WEIGHTS_INDEX,
-        lambda f: common.torch_to_numpy(common.torch_load_weights(f), f))
-  present = sorted(p.name for p in folder.iterdir())
-  raise CheckpointError(
-      f"{folder}: no weights found; expected {_WEIGHTS}, {_WEIGHTS_INDEX}, "
-      f"{_TORCH_WEIGHTS} or {_TORCH_WEIGHTS_INDEX}; the folder has: "
-      f"{common.listing(present)}")
-
-
-def _read_sharded(folder: Path, index_file: Path, read) -> Tensors:
-  index = common.read_json(index_file)
-  weight_map = index.get("weight_map")
-  if not isinstance(weight_map, dict) or not weight_map:
-    raise CheckpointError(f"{index_file}: no 'weight_map' in the index")
-  arrays, files = {}, {}
-  for shard in sorted(set(weight_map.values())):
-    shard_path = folder / shard
-    if Path(shard).name != shard or not shard_path.is_file():
-      raise CheckpointError(
-          f"{index_file}: shard {shard!r} listed in the index is not a file "
-          f"in {folder}")
-    for key, array in read(shard_path).items():
-      if key in arrays:
-        raise CheckpointError(
-            f"{shard_path}: tensor {key!r} also appears in {files[key]}")
-      arrays[key], files[key] = array, str(shard_path)
-  for key, shard in weight_map.items():
-    if files.get(key) != str(folder / shard):
-      raise CheckpointError(
-          f"{index_file}: tensor {key!r} is listed in shard {shard!r} but is "
-          "not in that file")
-  return Tensors(arrays, files)
+  """All weight tensors of a HF folder, each remembered with its file
+  (``readers.read_hf_folder``)."""
+  return Tensors(*readers.read_hf_folder(folder))
 
 
 # -------------------------------------------------------------- conversion
-
-
-def _linear(t: Tensors, prefix: str, n_in: int, n_out: int,
-            bias: bool = True) -> dict:
-  """torch Linear weight [out, in] -> Dense kernel [in, out]."""
-  kernel = t.get(f"{prefix}.weight", (n_out, n_in)).T
-  return common.dense(kernel, t.get(f"{prefix}.bias", (n_out,))
-                      if bias else None)
-
-
-def _layer_norm(t: Tensors, prefix: str, width: int) -> dict:
-  return common.ln(t.get(f"{prefix}.weight", (width,)),
-                   t.get(f"{prefix}.bias", (width,)))
 
 
 def _encoder(t: Tensors, prefix: str, width: int, depth: int,
@@ -297,18 +197,18 @@ def _encoder(t: Tensors, prefix: str, width: int, depth: int,
   blocks = {}
   for i in range(depth):
     p = f"{prefix}.layers.{i}"
-    q, k, v = (_linear(t, f"{p}.self_attn.{n}_proj", width, width)
+    q, k, v = (T.torch_linear(t, f"{p}.self_attn.{n}_proj", width, width)
                for n in "qkv")
     blocks[f"blocks_{i}"] = {
-        "ln1": _layer_norm(t, f"{p}.layer_norm1", width),
+        "ln1": T.torch_layer_norm(t, f"{p}.layer_norm1", width),
         "attn": {
-            "qkv": common.fused_qkv(q, k, v),
-            "out": _linear(t, f"{p}.self_attn.out_proj", width, width),
+            "qkv": T.fused_qkv(q, k, v),
+            "out": T.torch_linear(t, f"{p}.self_attn.out_proj", width, width),
         },
-        "ln2": _layer_norm(t, f"{p}.layer_norm2", width),
+        "ln2": T.torch_layer_norm(t, f"{p}.layer_norm2", width),
         "mlp": {
-            "fc1": _linear(t, f"{p}.mlp.fc1", width, mlp_dim),
-            "fc2": _linear(t, f"{p}.mlp.fc2", mlp_dim, width),
+            "fc1": T.torch_linear(t, f"{p}.mlp.fc1", width, mlp_dim),
+            "fc2": T.torch_linear(t, f"{p}.mlp.fc2", mlp_dim, width),
         },
     }
   return blocks
@@ -319,13 +219,6 @@ def _patch_kernel(t: Tensors, key: str, width: int, p: int) -> np.ndarray:
   return t.get(key, (width, 3, p, p)).transpose(2, 3, 1, 0)
 
 
-def _scalar(t: Tensors, key: str) -> np.ndarray:
-  # CLIP stores logit_scale as [], SigLIP as [1]; accept either.
-  shape = t.shape(key) if key in t else ()
-  value = t.get(key, shape if shape in ((), (1,)) else ())
-  return value.reshape(())
-
-
 def _text_common(t: Tensors, c: TextConfig) -> dict:
   return {
       "token_embed": t.get("text_model.embeddings.token_embedding.weight",
@@ -333,7 +226,7 @@ def _text_common(t: Tensors, c: TextConfig) -> dict:
       "pos_embed": t.get("text_model.embeddings.position_embedding.weight",
                          (c.context_length, c.width)),
       **_encoder(t, "text_model.encoder", c.width, c.depth, c.mlp_dim),
-      "ln_final": _layer_norm(t, "text_model.final_layer_norm", c.width),
+      "ln_final": T.torch_layer_norm(t, "text_model.final_layer_norm", c.width),
   }
 
 
@@ -348,17 +241,18 @@ def clip_params_from_hf(t: Tensors, config: ModelConfig) -> dict:
                          (v.width,)),
       "pos_embed": t.get("vision_model.embeddings.position_embedding.weight",
                          (v.num_tokens, v.width)),
-      "ln_pre": _layer_norm(t, "vision_model.pre_layrnorm", v.width),
+      "ln_pre": T.torch_layer_norm(t, "vision_model.pre_layrnorm", v.width),
       **_encoder(t, "vision_model.encoder", v.width, v.depth, v.mlp_dim),
-      "ln_post": _layer_norm(t, "vision_model.post_layernorm", v.width),
-      "proj": _linear(t, "visual_projection", v.width, v.embed_dim,
-                      bias=False),
+      "ln_post": T.torch_layer_norm(t, "vision_model.post_layernorm", v.width),
+      "proj": T.torch_linear(t, "visual_projection", v.width, v.embed_dim,
+                             bias=False),
   }
   txt = {
       **_text_common(t, x),
-      "proj": _linear(t, "text_projection", x.width, x.embed_dim, bias=False),
+      "proj": T.torch_linear(t, "text_projection", x.width, x.embed_dim,
+                             bias=False),
   }
-  return {"img": img, "txt": txt, "logit_scale": _scalar(t, "logit_scale")}
+  return {"img": img, "txt": txt, "logit_scale": t.scalar("logit_scale")}
 
 
 def siglip_params_from_hf(t: Tensors, config: ModelConfig) -> dict:
@@ -378,28 +272,28 @@ def siglip_params_from_hf(t: Tensors, config: ModelConfig) -> dict:
       "pos_embed": t.get("vision_model.embeddings.position_embedding.weight",
                          (v.num_tokens, w)),
       **_encoder(t, "vision_model.encoder", w, v.depth, v.mlp_dim),
-      "ln_post": _layer_norm(t, "vision_model.post_layernorm", w),
+      "ln_post": T.torch_layer_norm(t, "vision_model.post_layernorm", w),
       "map_head": {
           "probe": t.get(f"{head}.probe", (1, 1, w)).reshape(w),
           "attn": {
               # nn.MultiheadAttention packs q|k|v as rows of [3W, W]: the
               # transpose is our fused [W, 3W] with columns q|k|v.
-              "qkv": common.dense(in_w.T, in_b),
-              "out": _linear(t, f"{head}.attention.out_proj", w, w),
+              "qkv": T.dense(in_w.T, in_b),
+              "out": T.torch_linear(t, f"{head}.attention.out_proj", w, w),
           },
-          "ln": _layer_norm(t, f"{head}.layernorm", w),
+          "ln": T.torch_layer_norm(t, f"{head}.layernorm", w),
           "mlp": {
-              "fc1": _linear(t, f"{head}.mlp.fc1", w, v.mlp_dim),
-              "fc2": _linear(t, f"{head}.mlp.fc2", v.mlp_dim, w),
+              "fc1": T.torch_linear(t, f"{head}.mlp.fc1", w, v.mlp_dim),
+              "fc2": T.torch_linear(t, f"{head}.mlp.fc2", v.mlp_dim, w),
           },
       },
   }
   txt = {
       **_text_common(t, x),
-      "proj": _linear(t, "text_model.head", x.width, x.embed_dim),
+      "proj": T.torch_linear(t, "text_model.head", x.width, x.embed_dim),
   }
-  return {"img": img, "txt": txt, "logit_scale": _scalar(t, "logit_scale"),
-          "logit_bias": _scalar(t, "logit_bias")}
+  return {"img": img, "txt": txt, "logit_scale": t.scalar("logit_scale"),
+          "logit_bias": t.scalar("logit_bias")}
 
 
 # --------------------------------------------------------- preprocessing
@@ -407,20 +301,23 @@ def siglip_params_from_hf(t: Tensors, config: ModelConfig) -> dict:
 
 def preprocessing_from_hf(folder: str | os.PathLike, config: ModelConfig
                           ) -> Preprocessing:
-  """Mean/std/resample from ``preprocessor_config.json`` (or the image
-  processor inside transformers 5's ``processor_config.json``), else the
-  family defaults. The image size is always the model's: jaxfsl resizes to
-  S x S without the centre crop HF uses."""
+  """Mean/std from ``preprocessor_config.json`` (or the image processor
+  inside transformers 5's ``processor_config.json``), else the family's.
+
+  The image size is always the model's and the resize rule the family's
+  (jaxfsl resizes to S x S without crop, as in the episodes; the centre crop
+  and, for CLIP, the bicubic filter of HF's processors are not used).
+  """
   folder = Path(folder)
-  default = common.default_preprocessing(config.family,
-                                         config.vision.image_size)
+  default = families.get(config.family).preprocessing(
+      config.vision.image_size)
   pre, source = None, None
   if (folder / "preprocessor_config.json").is_file():
     source = folder / "preprocessor_config.json"
-    pre = common.read_json(source)
+    pre = readers.read_json(source)
   elif (folder / "processor_config.json").is_file():
     source = folder / "processor_config.json"
-    pre = common.read_json(source).get("image_processor")
+    pre = readers.read_json(source).get("image_processor")
   if not isinstance(pre, dict):
     return default
 
@@ -435,10 +332,9 @@ def preprocessing_from_hf(folder: str | os.PathLike, config: ModelConfig
           f"{source}: {name}={value!r}; expected 3 per-channel values")
     return tuple(float(x) for x in value)
 
-  resample = _RESAMPLE.get(pre.get("resample"), default.resample)
   return Preprocessing(config.vision.image_size,
                        triple("image_mean", default.mean),
-                       triple("image_std", default.std), resample)
+                       triple("image_std", default.std), default.resample)
 
 
 def _tokenizer_files_present(folder: Path) -> bool:
@@ -448,13 +344,20 @@ def _tokenizer_files_present(folder: Path) -> bool:
 
 # -------------------------------------------------------------------- load
 
+# config.json model_type -> (config reader, tensor mapping). Another HF
+# architecture is one entry here.
+MODEL_TYPES = {
+    "clip": (clip_config_from_hf, clip_params_from_hf),
+    "siglip": (siglip_config_from_hf, siglip_params_from_hf),
+}
 
-def load_hf(path: str | os.PathLike, tokenizer: common.TokenizerArg = None,
+
+def load_hf(path: str | os.PathLike, tokenizer: T.TokenizerArg = None,
             dtype: Any = jnp.float32) -> Model:
   """Loads a Hugging Face CLIPModel / SiglipModel folder.
 
   Args:
-    path: the folder (with config.json).
+    path: the folder (with config.json); ``~`` is expanded.
     tokenizer: None to use the folder's own tokenizer files when present
       (none -> ``Model.tokenizer`` is None; feed token ids), or a callable /
       path that overrides them.
@@ -469,33 +372,24 @@ def load_hf(path: str | os.PathLike, tokenizer: common.TokenizerArg = None,
     CheckpointError: unsupported model_type, inconsistent config, missing /
       mis-shaped / unexpected tensors, unreadable files.
   """
-  folder = Path(path)
+  folder = user_path(path)
   cfg_file = folder / "config.json"
   if not cfg_file.is_file():
     raise CheckpointError(f"{folder}: not a Hugging Face model folder (no "
                           "config.json)")
-  cfg = common.read_json(cfg_file)
+  cfg = readers.read_json(cfg_file)
   model_type = cfg.get("model_type")
-  if model_type == "clip":
-    config = clip_config_from_hf(cfg, str(cfg_file))
-    convert = clip_params_from_hf
-  elif model_type == "siglip":
-    config = siglip_config_from_hf(cfg, str(cfg_file))
-    convert = siglip_params_from_hf
-  else:
+  if model_type not in MODEL_TYPES:
     raise CheckpointError(
         f"{cfg_file}: model_type={model_type!r} is not supported; expected "
         "'clip' (CLIPModel) or 'siglip' (SiglipModel, including "
         "fixed-resolution SigLIP2)")
+  read_config, convert = MODEL_TYPES[model_type]
+  config = read_config(cfg, str(cfg_file))
   tensors = read_hf_weights(folder)
   params = convert(tensors, config)
   tensors.finish(_harmless, what=f"a Hugging Face {model_type} model")
-  params = common.finalize_params(params, config, folder)
   if tokenizer is None and _tokenizer_files_present(folder):
     tokenizer = folder
-  return Model(
-      config=config, params=params,
-      tokenizer=common.resolve_tokenizer(tokenizer, config.family,
-                                         config.text.context_length),
-      preprocessing=preprocessing_from_hf(folder, config), dtype=dtype,
-      name=str(folder))
+  return T.finalize(config, params, folder, tokenizer=tokenizer, dtype=dtype,
+                    preprocessing=preprocessing_from_hf(folder, config))

@@ -1,4 +1,4 @@
-"""OpenAI CLIP ``.pt`` checkpoints (ViT models) -> ``Model``.
+"""OpenAI CLIP ``.pt`` checkpoints (ViT models): the "openai" layout.
 
 Layout of OpenAI's ``clip/model.py`` state dict (W vision width, Wt text
 width, E embedding width):
@@ -19,113 +19,35 @@ width, E embedding width):
   ln_final.{weight,bias}, text_projection [Wt, E], logit_scale []
 
 As OpenAI's ``build_model``: heads = width // 64 for both towers, image size =
-patch * sqrt(#positions - 1), QuickGELU, LayerNorm epsilon 1e-5, text pooled
-at the argmax of the ids (the end-of-text token has the highest id). The
-official files are TorchScript archives; plain ``torch.save`` state dicts
-(also wrapped as ``{"state_dict": ...}`` with a ``module.`` prefix, as
-training scripts write them) are read with ``weights_only=True``. ResNet
-CLIPs are not supported.
+patch * sqrt(#positions - 1); the rest (QuickGELU, LayerNorm epsilon 1e-5,
+text pooled at the argmax of the ids) is the CLIP family's
+(``jaxfsl.models.families.clip``). The files are read by
+``readers.read_torch`` (TorchScript archives as OpenAI ships them, or
+``torch.save`` state dicts with ``weights_only=True``). ResNet CLIPs are not
+supported.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import re
-import warnings
-import zipfile
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Collection
 
-import jax.numpy as jnp
 import numpy as np
 
-from jaxfsl.checkpoints import common
-from jaxfsl.checkpoints.common import CheckpointError, Tensors
-from jaxfsl.models.config import ModelConfig, TextConfig, VisionConfig
-from jaxfsl.models.model import Model
+from jaxfsl.checkpoints import tensors as T
+from jaxfsl.checkpoints.errors import CheckpointError, listing
+from jaxfsl.checkpoints.tensors import Tensors
+from jaxfsl.models.config import ModelConfig
 
 _HEAD_WIDTH = 64  # OpenAI: heads = width // 64
-_EPS = 1e-5
 # Integer metadata OpenAI's TorchScript models keep beside the weights
 # (build_model deletes them); checked against the shapes when present.
 _METADATA = ("input_resolution", "context_length", "vocab_size")
 
 
-def _torchscript_state_dict(path: str) -> Mapping[str, Any]:
-  """state_dict() of a TorchScript archive, without running the model.
-
-  Why this is acceptable where plain pickle is not: ``torch.jit.load`` does
-  not use Python's pickle. Its tensors and constants go through TorchScript's
-  C++ unpickler, which resolves only tensor-rebuild functions, containers and
-  TorchScript (``__torch__``) types, so the file cannot name an arbitrary
-  Python callable the way a pickle REDUCE can. The code in the archive is
-  TorchScript, compiled and run by the TorchScript interpreter, which can call
-  registered torch operators but not the Python interpreter, ``os`` or
-  builtins. We never call ``forward``; we only read ``state_dict()``. What
-  remains is what OpenAI's own ``clip.load`` accepts: a TorchScript class's
-  ``__setstate__`` runs during load (torch ops only) and a malicious archive
-  could target bugs in the C++ deserialiser, so load archives from sources
-  you trust.
-  """
-  try:
-    import torch
-  except ImportError as e:
-    raise CheckpointError(
-        f"{path}: a TorchScript archive; reading it needs torch") from e
-  try:
-    with warnings.catch_warnings():
-      # torch >= 2.9 deprecates TorchScript, but OpenAI's files are archives.
-      warnings.simplefilter("ignore", DeprecationWarning)
-      module = torch.jit.load(path, map_location="cpu")
-  except (RuntimeError, ValueError, OSError) as e:
-    raise CheckpointError(
-        f"{path}: unreadable TorchScript archive (truncated or corrupt?): "
-        f"{common.first_line(e)}") from e
-  return module.state_dict()
-
-
-def read_openai_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """The flat state dict of an OpenAI-layout ``.pt`` as numpy arrays.
-
-  TorchScript archives go through ``torch.jit.load`` (see
-  ``_torchscript_state_dict``), everything else through
-  ``torch.load(weights_only=True)``; a ``{"state_dict": ...}`` wrapper and a
-  uniform ``module.`` prefix are removed.
-  """
-  path = str(path)
-  state = None
-  if zipfile.is_zipfile(path):
-    try:
-      with zipfile.ZipFile(path) as z:
-        names = z.namelist()
-    except (zipfile.BadZipFile, OSError) as e:
-      raise CheckpointError(f"{path}: corrupt zip archive: {e}") from e
-    if common.is_torchscript_zip(names):
-      state = _torchscript_state_dict(path)
-  if state is None:
-    state = common.torch_load_weights(path)
-  if (isinstance(state, Mapping) and "state_dict" in state
-      and isinstance(state["state_dict"], Mapping)):
-    state = state["state_dict"]
-  if isinstance(state, Mapping) and state and all(
-      isinstance(k, str) and k.startswith("module.") for k in state):
-    state = {k[len("module."):]: v for k, v in state.items()}
-  return common.torch_to_numpy(state, path)
-
-
-def _count_blocks(t: Tensors, prefix: str, path: str) -> int:
-  pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
-  found = {int(m.group(1)) for k in t.keys() if (m := pattern.match(k))}
-  if not found:
-    raise CheckpointError(f"{path}: no transformer blocks under {prefix!r}")
-  depth = max(found) + 1
-  if found != set(range(depth)):
-    missing = sorted(set(range(depth)) - found)
-    raise CheckpointError(
-        f"{path}: blocks under {prefix!r} are not contiguous: missing "
-        f"{prefix}.{missing[0]}")
-  return depth
+def matches(keys: Collection[str]) -> bool:
+  """Whether tensor names look like OpenAI CLIP's ``model.py`` (ViT)."""
+  return "visual.conv1.weight" in keys and "token_embedding.weight" in keys
 
 
 def _heads(width: int, field: str, path: str) -> int:
@@ -136,35 +58,28 @@ def _heads(width: int, field: str, path: str) -> int:
   return width // _HEAD_WIDTH
 
 
-def _linear(t: Tensors, prefix: str, n_in: int, n_out: int) -> dict:
-  return common.dense(t.get(f"{prefix}.weight", (n_out, n_in)).T,
-                      t.get(f"{prefix}.bias", (n_out,)))
-
-
-def _ln(t: Tensors, prefix: str, width: int) -> dict:
-  return common.ln(t.get(f"{prefix}.weight", (width,)),
-                   t.get(f"{prefix}.bias", (width,)))
-
-
-def _blocks(t: Tensors, prefix: str, depth: int, width: int, mlp_dim: int
-            ) -> dict:
+def resblocks(t: Tensors, prefix: str, depth: int, width: int, mlp_dim: int
+              ) -> dict:
+  """``{prefix}.{i}`` OpenAI residual blocks (ln_1, attn with packed
+  in_proj, ln_2, mlp c_fc / c_proj; PE-Core uses the same names) -> our
+  ``blocks_{i}`` dicts."""
   blocks = {}
   for i in range(depth):
     p = f"{prefix}.{i}"
     blocks[f"blocks_{i}"] = {
-        "ln1": _ln(t, f"{p}.ln_1", width),
+        "ln1": T.torch_layer_norm(t, f"{p}.ln_1", width),
         "attn": {
             # in_proj_weight rows are q | k | v: its transpose is our fused
             # [W, 3W] kernel with columns q | k | v.
-            "qkv": common.dense(
+            "qkv": T.dense(
                 t.get(f"{p}.attn.in_proj_weight", (3 * width, width)).T,
                 t.get(f"{p}.attn.in_proj_bias", (3 * width,))),
-            "out": _linear(t, f"{p}.attn.out_proj", width, width),
+            "out": T.torch_linear(t, f"{p}.attn.out_proj", width, width),
         },
-        "ln2": _ln(t, f"{p}.ln_2", width),
+        "ln2": T.torch_layer_norm(t, f"{p}.ln_2", width),
         "mlp": {
-            "fc1": _linear(t, f"{p}.mlp.c_fc", width, mlp_dim),
-            "fc2": _linear(t, f"{p}.mlp.c_proj", mlp_dim, width),
+            "fc1": T.torch_linear(t, f"{p}.mlp.c_fc", width, mlp_dim),
+            "fc2": T.torch_linear(t, f"{p}.mlp.c_proj", mlp_dim, width),
         },
     }
   return blocks
@@ -187,7 +102,7 @@ def convert_openai(arrays: dict[str, np.ndarray], path: str
     raise CheckpointError(
         f"{path}: unknown layout: expected OpenAI CLIP keys such as "
         "'visual.conv1.weight' and 'token_embedding.weight'; found "
-        f"{common.listing(sorted(t.keys()))}")
+        f"{listing(sorted(t.keys()))}")
 
   cshape = t.shape("visual.conv1.weight")
   if len(cshape) != 4 or cshape[1] != 3 or cshape[2] != cshape[3]:
@@ -201,14 +116,14 @@ def convert_openai(arrays: dict[str, np.ndarray], path: str
     raise CheckpointError(
         f"{path}: visual.positional_embedding has shape {list(pshape)}; "
         f"expected [g*g + 1, {width}] (patch grid plus class token)")
-  depth = _count_blocks(t, "visual.transformer.resblocks", path)
+  depth = T.count_blocks(t, "visual.transformer.resblocks.", ".", path)
   mlp_dim = t.shape("visual.transformer.resblocks.0.mlp.c_fc.weight",
                     "the MLP width")[0]
   embed = t.shape("visual.proj", "the embedding width")[-1]
 
   vocab, text_width = t.shape("token_embedding.weight")
   context = t.shape("positional_embedding", "the context length")[0]
-  text_depth = _count_blocks(t, "transformer.resblocks", path)
+  text_depth = T.count_blocks(t, "transformer.resblocks.", ".", path)
   text_mlp = t.shape("transformer.resblocks.0.mlp.c_fc.weight",
                      "the MLP width")[0]
 
@@ -224,19 +139,14 @@ def convert_openai(arrays: dict[str, np.ndarray], path: str
             f"which imply {inferred[name]}")
       t.mark_used(name)
 
-  config = common.make_config(path, lambda: ModelConfig(
-      family="clip",
-      vision=VisionConfig(
-          image_size=image_size, patch_size=patch, width=width, depth=depth,
-          heads=_heads(width, "vision", path), mlp_dim=mlp_dim,
-          embed_dim=embed, act="quick_gelu", pool="cls", pre_norm=True,
-          patch_bias=False, proj=True, proj_bias=False, norm_eps=_EPS),
-      text=TextConfig(
-          vocab_size=vocab, context_length=context, width=text_width,
-          depth=text_depth, heads=_heads(text_width, "text", path),
-          mlp_dim=text_mlp, embed_dim=embed, act="quick_gelu", causal=True,
-          pool="eot", eot_token_id=None, proj_bias=False, norm_eps=_EPS),
-      logit_scale_init=2.6592, logit_bias_init=None))
+  config = T.make_config(
+      path, "clip",
+      vision=dict(image_size=image_size, patch_size=patch, width=width,
+                  depth=depth, heads=_heads(width, "vision", path),
+                  mlp_dim=mlp_dim, embed_dim=embed),
+      text=dict(vocab_size=vocab, context_length=context, width=text_width,
+                depth=text_depth, heads=_heads(text_width, "text", path),
+                mlp_dim=text_mlp, embed_dim=embed))
 
   img = {
       # Conv weight [W, 3, p, p] (OIHW) -> [p, p, 3, W] (HWIO).
@@ -246,52 +156,20 @@ def convert_openai(arrays: dict[str, np.ndarray], path: str
       "cls_token": t.get("visual.class_embedding", (width,)),
       "pos_embed": t.get("visual.positional_embedding",
                          (grid * grid + 1, width)),
-      "ln_pre": _ln(t, "visual.ln_pre", width),
-      **_blocks(t, "visual.transformer.resblocks", depth, width, mlp_dim),
-      "ln_post": _ln(t, "visual.ln_post", width),
+      "ln_pre": T.torch_layer_norm(t, "visual.ln_pre", width),
+      **resblocks(t, "visual.transformer.resblocks", depth, width, mlp_dim),
+      "ln_post": T.torch_layer_norm(t, "visual.ln_post", width),
       # OpenAI multiplies x @ proj: already [in, out].
       "proj": {"kernel": t.get("visual.proj", (width, embed))},
   }
   txt = {
       "token_embed": t.get("token_embedding.weight", (vocab, text_width)),
       "pos_embed": t.get("positional_embedding", (context, text_width)),
-      **_blocks(t, "transformer.resblocks", text_depth, text_width, text_mlp),
-      "ln_final": _ln(t, "ln_final", text_width),
+      **resblocks(t, "transformer.resblocks", text_depth, text_width, text_mlp),
+      "ln_final": T.torch_layer_norm(t, "ln_final", text_width),
       "proj": {"kernel": t.get("text_projection", (text_width, embed))},
   }
-  scale_shape = t.shape("logit_scale") if "logit_scale" in t else ()
-  logit_scale = t.get("logit_scale",
-                      scale_shape if scale_shape in ((), (1,)) else ())
+  logit_scale = t.scalar("logit_scale")
   t.finish(what="an OpenAI CLIP (ViT) checkpoint")
-  return config, {"img": img, "txt": txt,
-                  "logit_scale": logit_scale.reshape(())}
+  return config, {"img": img, "txt": txt, "logit_scale": logit_scale}
 
-
-def load_openai(path: str | os.PathLike,
-                tokenizer: common.TokenizerArg = None,
-                dtype: Any = jnp.float32) -> Model:
-  """Loads an OpenAI CLIP ViT ``.pt`` (TorchScript or state dict).
-
-  Args:
-    path: the file.
-    tokenizer: CLIP BPE files (vocab.json + merges.txt, tokenizer.json) or
-      their folder, or a callable; None leaves ``Model.tokenizer`` None.
-    dtype: compute dtype; parameters stay float32.
-
-  Returns:
-    The Model (CLIP mean/std, bicubic resize).
-
-  Raises:
-    CheckpointError: needs torch, refuses pickled objects, unknown layout,
-      missing / mis-shaped / unexpected tensors.
-  """
-  path = str(path)
-  config, params = convert_openai(read_openai_state_dict(path), path)
-  params = common.finalize_params(params, config, path)
-  return Model(
-      config=config, params=params,
-      tokenizer=common.resolve_tokenizer(tokenizer, "clip",
-                                         config.text.context_length),
-      preprocessing=common.default_preprocessing("clip",
-                                                 config.vision.image_size),
-      dtype=dtype, name=path)

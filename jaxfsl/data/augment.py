@@ -28,6 +28,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from jaxfsl.preprocess import resize_image
+
 NUM_VIEWS = 5
 MAX_ROTATION = 45.0
 JITTER_RANGE = (0.6, 1.4)
@@ -66,9 +68,10 @@ def sample_view_params(rng: np.random.Generator, n: int) -> ViewParams:
 
 
 def resize(image: Image.Image, size: int) -> Image.Image:
-  """Resizes to size x size, no crop, bilinear (torchvision ``Resize`` on
-  PIL: Pillow's antialiased bilinear filter)."""
-  return image.resize((size, size), Image.Resampling.BILINEAR)
+  """Resizes to size x size, no crop: the one resize rule of jaxfsl
+  (``jaxfsl.preprocess.resize_image``, bilinear as torchvision's
+  ``Resize((S, S))`` on PIL images), shared with ``Model.preprocess``."""
+  return resize_image(image, size)
 
 
 def rotate(image: Image.Image, angle: float) -> Image.Image:

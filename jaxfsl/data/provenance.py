@@ -21,6 +21,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from jaxfsl.data.sources import is_hidden
+
 MAX_SHOWN = 5  # Folders named per kind of change in a message.
 
 
@@ -38,10 +40,10 @@ def fingerprint(root: Path | None) -> dict[str, list[Any]]:
     return {}
   out: dict[str, list[Any]] = {}
   for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
     digest, count, total = hashlib.sha1(), 0, 0
     for name in sorted(filenames):
-      if name.startswith("."):
+      if is_hidden(name):
         continue
       try:
         st = os.stat(os.path.join(dirpath, name))

@@ -53,14 +53,15 @@ ISIC_CSV = "ISIC2018_Task3_Training_GroundTruth.csv"
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 HIDDEN_REASON = ("ignored: hidden file (a dotfile, or a macOS AppleDouble "
-                 "'._*' file)")
+                 "'._*' file)")  # Hidden folders at the top are skipped.
 EMPTY_CLASS_REASON = "empty class folder: no image file in it"
 
 
 def is_hidden(name: str) -> bool:
   """Dotfiles and folders, including macOS AppleDouble ``._*`` files (which
-  carry image extensions but hold no image)."""
-  return name.startswith(".")
+  carry image extensions but hold no image), and the ``__MACOSX`` folder of
+  zip files made on a Mac (a mirror of the tree holding such files)."""
+  return name.startswith(".") or name == "__MACOSX"
 
 
 # ----------------------------------------------------------------------------
@@ -161,7 +162,7 @@ def _subdirs(path: Path) -> list[Path]:
     with os.scandir(path) as it:
       return sorted(
           Path(e.path) for e in it
-          if e.is_dir() and not e.name.startswith("."))
+          if e.is_dir() and not is_hidden(e.name))
   except OSError:
     return []
 

@@ -20,7 +20,13 @@ An episode record (``episode_records``; one entry of ``results.json``'s
   zero_shot_accuracy    float      accuracy before any step, %
   stages                {metric: [5] float}  analysis metrics per stage
   zero_shot             {metric: float}       the same before training
-  losses                {term: [5] float}     mean loss parts per segment
+  losses                {term: [5] float}     mean of each loss term over
+                                   each evaluation segment, as it entered
+                                   the loss (weighted; 0 where inactive);
+                                   the parts sum to ``total``
+  step_losses           {term: float32 [T]}   the same per step (numpy;
+                                   absent in older runs; not written to
+                                   results.json, see ``jaxfsl.io.reports``)
   first_nonfinite_step  int        -1 unless the loss became NaN/inf
 
 Records from ``eval_only`` runs have no ``stages`` history: their
@@ -50,6 +56,14 @@ _ACC_DECIMALS = 4
 Record = dict[str, Any]
 
 
+def _terms(losses: Mapping[str, Any]) -> list[str]:
+  """The loss terms present, in ``LOSS_TERMS`` order, then any others (a
+  term the engine adds later is kept, not dropped), ``total`` last."""
+  known = [t for t in LOSS_TERMS if t in losses and t != "total"]
+  other = sorted(t for t in losses if t not in LOSS_TERMS)
+  return known + other + (["total"] if "total" in losses else [])
+
+
 def percent(fraction: Any) -> float:
   """A float32 fraction in [0, 1] as a percentage rounded to 4 decimals."""
   return round(100.0 * float(fraction), _ACC_DECIMALS)
@@ -77,7 +91,8 @@ def episode_records(outputs: Mapping[str, Any],
   Args:
     outputs: ``EpisodeEngine.run_batch``'s numpy dict with a leading E axis:
       ``stages`` {metric: [E, 5]}, ``zero_shot`` {metric: [E]}, ``losses``
-      {term: [E, 5]}, ``first_nonfinite_step`` int [E].
+      {term: [E, 5]}, optionally ``step_losses`` {term: [E, T]},
+      ``first_nonfinite_step`` int [E].
     indices: the E episode indices.
 
   Returns:
@@ -85,6 +100,7 @@ def episode_records(outputs: Mapping[str, Any],
   """
   stages, zero_shot = outputs["stages"], outputs["zero_shot"]
   losses = outputs.get("losses", {})
+  step_losses = outputs.get("step_losses", {})
   nonfinite = outputs.get("first_nonfinite_step")
   records = []
   for e, index in enumerate(indices):
@@ -99,10 +115,14 @@ def episode_records(outputs: Mapping[str, Any],
         "zero_shot": {m: float(zero_shot[m][e])
                       for m in STAGE_METRICS if m in zero_shot},
         "losses": {k: [float(v) for v in np.asarray(losses[k][e])]
-                   for k in LOSS_TERMS if k in losses},
+                   for k in _terms(losses)},
         "first_nonfinite_step": (-1 if nonfinite is None
                                  else int(nonfinite[e])),
     })
+    if step_losses:
+      records[-1]["step_losses"] = {
+          k: np.asarray(step_losses[k][e], np.float32)
+          for k in _terms(step_losses)}
   return records
 
 
@@ -151,6 +171,8 @@ def summarize(records: Sequence[Record]) -> dict[str, Any]:
     accuracy, %); ``stage_accuracy_mean`` / ``stage_accuracy_ci95`` ([5]
     lists, %); ``zero_shot_accuracy_mean`` / ``_ci95``; ``stage_means``
     {metric: [5]}; ``zero_shot_means`` {metric}; ``loss_means`` {term: [5]};
+    ``step_loss_mean`` / ``step_loss_ci95`` {term: [T]} (per step, over
+    episodes; empty when the records have no ``step_losses``);
     ``num_nonfinite`` (episodes whose loss became NaN/inf).
   """
   records = list(records)
@@ -164,8 +186,17 @@ def summarize(records: Sequence[Record]) -> dict[str, Any]:
     stage_ci.append(c)
   metrics = [m for m in STAGE_METRICS
              if records and m in records[0].get("stages", {})]
-  terms = [t for t in LOSS_TERMS if records and t in records[0].get("losses",
-                                                                      {})]
+  terms = _terms(records[0].get("losses", {})) if records else []
+  step_terms = (_terms(records[0].get("step_losses", {})) if records
+                and all("step_losses" in r for r in records) else [])
+  step_mean, step_ci = {}, {}
+  for t in step_terms:
+    # [N, T] float64: mean and 95% interval over episodes, per step.
+    x = np.stack([np.asarray(r["step_losses"][t], np.float64)
+                  for r in records])
+    step_mean[t] = [float(v) for v in x.mean(axis=0)]
+    step_ci[t] = [float(v) for v in
+                  1.96 * x.std(axis=0) / math.sqrt(x.shape[0])]
   return {
       "num_episodes": len(records),
       "accuracy_mean": acc_mean,
@@ -181,6 +212,8 @@ def summarize(records: Sequence[Record]) -> dict[str, Any]:
           for m in metrics if m in records[0].get("zero_shot", {})},
       "loss_means": {t: _column_means([r["losses"][t] for r in records])
                      for t in terms},
+      "step_loss_mean": step_mean,
+      "step_loss_ci95": step_ci,
       "num_nonfinite": sum(1 for r in records
                            if r.get("first_nonfinite_step", -1) >= 0),
   }
@@ -229,3 +262,109 @@ def progress_line(done: int, total: int, accuracies: Sequence[float],
     speed, eta = "? episodes/h", "?"
   return (f"episodes {done}/{total} | accuracy {format_mean_ci(mean, ci)} % "
           f"(95% CI) | {speed} | ETA {eta}")
+
+
+# Settings that must agree between the seeds of one multi-seed job.
+_SEED_GROUP_KEYS = ("dataset", "way", "shot", "variant", "model", "steps")
+
+
+def over_seeds(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """Combines the results of one job run with several seeds.
+
+  The few-shot literature reports the mean over seeds; the spread within
+  each seed is the usual 95% interval over its episodes (issue 16).
+
+  Args:
+    runs: results dicts (``results.json`` contents), one per seed, of the
+      same job (same ``dataset``, ``way``, ``shot``, ``variant``, ``model``
+      and ``steps`` where present).
+
+  Returns:
+    dict with ``seeds`` (sorted), ``num_seeds``, ``accuracy_mean`` and
+    ``zero_shot_accuracy_mean`` (means over seeds of the per-seed means, %),
+    ``accuracy_std_over_seeds`` (population std of the per-seed means),
+    ``num_episodes`` (sum), ``complete`` (every seed complete) and
+    ``per_seed``: one dict per seed with ``seed``, ``accuracy_mean``,
+    ``accuracy_ci95``, ``zero_shot_accuracy_mean``,
+    ``zero_shot_accuracy_ci95``, ``num_episodes``, ``complete``.
+
+  Raises:
+    ValueError: no runs, a repeated seed, or runs that differ in a setting
+      other than the seed (every difference listed).
+  """
+  if not runs:
+    raise ValueError("over_seeds needs at least one results dict")
+  problems = []
+  for key in _SEED_GROUP_KEYS:
+    values = sorted({repr(r.get(key)) for r in runs})
+    if len(values) > 1:
+      problems.append(f"{key}: {', '.join(values)}")
+  seeds = [r.get("seed") for r in runs]
+  repeated = sorted({repr(s) for s in seeds if seeds.count(s) > 1})
+  if repeated:
+    problems.append(f"seed repeated: {', '.join(repeated)}")
+  if problems:
+    raise ValueError("over_seeds: the runs are not one job over several "
+                     "seeds; they differ in\n  " + "\n  ".join(problems))
+  keys = ("accuracy_mean", "accuracy_ci95", "zero_shot_accuracy_mean",
+          "zero_shot_accuracy_ci95", "num_episodes")
+  per_seed = sorted(
+      ({"seed": r.get("seed"), **{k: r.get(k, math.nan) for k in keys},
+        "complete": bool(r.get("complete", True))} for r in runs),
+      key=lambda p: (p["seed"] is None, p["seed"]))
+  acc = np.asarray([p["accuracy_mean"] for p in per_seed], np.float64)
+  zs = np.asarray([p["zero_shot_accuracy_mean"] for p in per_seed],
+                  np.float64)
+  return {
+      "seeds": [p["seed"] for p in per_seed],
+      "num_seeds": len(per_seed),
+      "accuracy_mean": float(acc.mean()),
+      "accuracy_std_over_seeds": float(acc.std()),
+      "zero_shot_accuracy_mean": float(zs.mean()),
+      "num_episodes": int(sum(p["num_episodes"] for p in per_seed)),
+      "complete": all(p["complete"] for p in per_seed),
+      "per_seed": per_seed,
+  }
+
+
+def evaluation_steps(results: Mapping[str, Any]) -> list[int]:
+  """The steps after which the queries were evaluated (the x positions of
+  the per-stage numbers).
+
+  ``results["eval_steps"]`` when the runner recorded it; for older results
+  the release's rule k * int(T / 5), k = 1..4, then T (METHOD.md, "the
+  release's integer rules"), from ``results["steps"]``; eval-only results
+  (one stage) give ``[T]``. Empty when T is unknown.
+  """
+  if results.get("eval_steps"):
+    return [int(s) for s in results["eval_steps"]]
+  steps = int(results.get("steps") or 0)
+  if steps <= 0:
+    return []
+  num_stages = len(results.get("stage_accuracy_mean") or ()) or NUM_STAGES
+  if num_stages != NUM_STAGES:
+    return [steps] * num_stages
+  f = steps // NUM_STAGES
+  return [k * f for k in range(1, NUM_STAGES)] + [steps]
+
+
+def extra_terms_window(results: Mapping[str, Any]) -> tuple[int, int] | None:
+  """[start, end) steps where the variant's extra loss terms are active.
+
+  ``results["window"]`` when the runner recorded it; for older results the
+  release's rule (3 * int(T / 5) steps at the beginning, or as many at the
+  end for ``method.timing = "last"``); None for the plain variant
+  (``"none"``) or when T is unknown.
+  """
+  if results.get("variant") == "none":
+    return None
+  if results.get("window"):
+    start, end = results["window"]
+    return int(start), int(end)
+  steps = int(results.get("steps") or 0)
+  if steps <= 0:
+    return None
+  length = 3 * (steps // NUM_STAGES)
+  timing = (results.get("config") or {}).get("method", {}).get("timing",
+                                                                "begin")
+  return (steps - length, steps) if timing == "last" else (0, length)

@@ -1,9 +1,9 @@
 """Architecture descriptions of the two-tower models jaxfsl supports.
 
 These frozen dataclasses are the single source of truth for shapes: the Flax
-modules are built from them, the checkpoint loaders produce them from a
-checkpoint's own metadata, and ``build`` turns them into random-init models for
-tests and the demo.
+modules are built from them. They are generic; what is fixed per model family
+(flags, presets) lives in ``jaxfsl.models.families``, whose ``Family.config``
+the checkpoint loaders call with the sizes read from a checkpoint.
 
 Parameter tree produced by ``jaxfsl.models.two_towers.TwoTowers`` (float32):
 
@@ -149,15 +149,16 @@ class ModelConfig:
   """A two-tower vision-language model.
 
   Attributes:
-    family: "clip" or "siglip" (SigLIP and fixed-resolution SigLIP2).
+    family: a registered family name (``jaxfsl.models.families``: "clip",
+      "siglip" for SigLIP and fixed-resolution SigLIP2, ...); the family
+      supplies preprocessing and the tokenizer kind.
     vision: the image tower.
     text: the text tower.
-    logit_scale_init: initial log temperature (CLIP: log(1/0.07); SigLIP:
-      log(10)).
-    logit_bias_init: initial bias (SigLIP: -10); None for models without one.
+    logit_scale_init: initial log temperature of a random-init model.
+    logit_bias_init: initial logit bias; None for models without one.
   """
 
-  family: Literal["clip", "siglip"]
+  family: str
   vision: VisionConfig
   text: TextConfig
   logit_scale_init: float = 2.6592
@@ -170,79 +171,10 @@ class ModelConfig:
           f"embed_dim={self.text.embed_dim}: the towers must share a space")
 
 
-def clip_config(
-    vision_width: int = 768,
-    vision_depth: int = 12,
-    vision_heads: int = 12,
-    patch_size: int = 16,
-    image_size: int = 224,
-    text_width: int = 512,
-    text_depth: int = 12,
-    text_heads: int = 8,
-    embed_dim: int = 512,
-    vocab_size: int = 49408,
-    context_length: int = 77,
-    eot_token_id: int | None = None,
-    act: Activation = "quick_gelu",
-) -> ModelConfig:
-  """A CLIP (OpenAI layout) config; defaults are ViT-B/16."""
-  return ModelConfig(
-      family="clip",
-      vision=VisionConfig(
-          image_size=image_size, patch_size=patch_size, width=vision_width,
-          depth=vision_depth, heads=vision_heads, mlp_dim=4 * vision_width,
-          embed_dim=embed_dim, act=act, pool="cls", pre_norm=True,
-          patch_bias=False, proj=True, proj_bias=False, norm_eps=1e-5),
-      text=TextConfig(
-          vocab_size=vocab_size, context_length=context_length,
-          width=text_width, depth=text_depth, heads=text_heads,
-          mlp_dim=4 * text_width, embed_dim=embed_dim, act=act, causal=True,
-          pool="eot", eot_token_id=eot_token_id, proj_bias=False,
-          norm_eps=1e-5),
-      logit_scale_init=2.6592,
-      logit_bias_init=None,
-  )
-
-
-def siglip_config(
-    width: int = 768,
-    depth: int = 12,
-    heads: int = 12,
-    mlp_dim: int = 3072,
-    patch_size: int = 16,
-    image_size: int = 224,
-    vocab_size: int = 32000,
-    context_length: int = 64,
-) -> ModelConfig:
-  """A SigLIP config; defaults are SigLIP B/16 at 224 (both towers alike)."""
-  return ModelConfig(
-      family="siglip",
-      vision=VisionConfig(
-          image_size=image_size, patch_size=patch_size, width=width,
-          depth=depth, heads=heads, mlp_dim=mlp_dim, embed_dim=width,
-          act="gelu_tanh", pool="map", pre_norm=False, patch_bias=True,
-          proj=False, proj_bias=False, norm_eps=1e-6),
-      text=TextConfig(
-          vocab_size=vocab_size, context_length=context_length, width=width,
-          depth=depth, heads=heads, mlp_dim=mlp_dim, embed_dim=width,
-          act="gelu_tanh", causal=False, pool="last", eot_token_id=None,
-          proj_bias=True, norm_eps=1e-6),
-      logit_scale_init=2.302585,
-      logit_bias_init=-10.0,
-  )
-
-
-# Named sizes for ``build`` and tools/benchmark.py.
-PRESETS: dict[str, ModelConfig] = {
-    "clip-vit-b16": clip_config(),
-    "clip-vit-b32": clip_config(patch_size=32),
-    "clip-vit-l14": clip_config(
-        vision_width=1024, vision_depth=24, vision_heads=16, patch_size=14,
-        text_width=768, text_heads=12, embed_dim=768),
-    "siglip-b16": siglip_config(),
-    # Small random-init model for tests and the demo.
-    "tiny-clip": clip_config(
-        vision_width=64, vision_depth=2, vision_heads=4, patch_size=16,
-        image_size=64, text_width=64, text_depth=2, text_heads=4,
-        embed_dim=32, vocab_size=1000, context_length=48),
-}
+def __getattr__(name: str):
+  # The named configs live with their families; these names stay importable
+  # from here (lazily: the families import this module).
+  if name in ("PRESETS", "clip_config", "siglip_config"):
+    from jaxfsl.models import families
+    return getattr(families, name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

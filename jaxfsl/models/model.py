@@ -11,9 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfsl.models.config import PRESETS, ModelConfig
+from jaxfsl.models import families
+from jaxfsl.models.config import ModelConfig
 from jaxfsl.models.two_towers import TwoTowers, init_params
-from jaxfsl.preprocess import SIGLIP_MEAN, SIGLIP_STD, Preprocessing
+from jaxfsl.preprocess import Preprocessing
 
 if TYPE_CHECKING:  # trainables import models: no runtime cycle.
   from jaxfsl.trainables.lora import Adapters
@@ -82,7 +83,16 @@ class Model:
   def encode_text(self, texts_or_ids, lora: Adapters | None = None, *,
                   train: bool = False, rng: jax.Array | None = None
                   ) -> jax.Array:
-    """list[str] or int32 [N, L] -> float32 [N, E] (not normalised)."""
+    """str, list[str] or int32 [N, L] -> float32 [N, E] (not normalised).
+
+    One string is one text (N = 1), as in ``encode_text("a photo of a cat.")``.
+
+    Raises:
+      TypeError: token ids that are not integers.
+      ValueError: texts for a model without a tokenizer.
+    """
+    if isinstance(texts_or_ids, str):
+      texts_or_ids = [texts_or_ids]
     if isinstance(texts_or_ids, (list, tuple)):
       ids = self.tokenize(texts_or_ids)
     else:
@@ -121,26 +131,27 @@ def _apply(module, variables, method, inputs, train, rng):
 def build(config: ModelConfig | str, seed: int = 0,
           tokenizer: Tokenizer | None = None, dtype: Any = jnp.float32
           ) -> Model:
-  """A random-init model from a config or a preset name (see PRESETS).
+  """A random-init model from a config or a preset name (see
+  ``jaxfsl.models.PRESETS``), with its family's preprocessing.
 
   Without a tokenizer, a deterministic byte-level tokenizer sized to the
   config's vocabulary is attached, so class names can be encoded.
+
+  Raises:
+    ValueError: unknown preset or family.
   """
   name = config if isinstance(config, str) else "custom"
   if isinstance(config, str):
-    if config not in PRESETS:
-      raise ValueError(
-          f"unknown model preset {config!r}; expected one of {sorted(PRESETS)}")
-    config = PRESETS[config]
+    if config not in families.PRESETS:
+      raise ValueError(f"unknown model preset {config!r}; expected one of "
+                       f"{sorted(families.PRESETS)}")
+    config = families.PRESETS[config]
+  family = families.get(config.family)
   params = init_params(config, jax.random.PRNGKey(seed))
   if tokenizer is None:
     from jaxfsl.tokenizers import ByteTokenizer
     tokenizer = ByteTokenizer(config.text.vocab_size,
                               config.text.context_length)
-  if config.family == "siglip":
-    pre = Preprocessing(config.vision.image_size, SIGLIP_MEAN, SIGLIP_STD,
-                        "bilinear")
-  else:
-    pre = Preprocessing(config.vision.image_size)
   return Model(config=config, params=params, tokenizer=tokenizer,
-               preprocessing=pre, dtype=dtype, name=f"random-init:{name}")
+               preprocessing=family.preprocessing(config.vision.image_size),
+               dtype=dtype, name=f"random-init:{name}")

@@ -75,7 +75,7 @@ def run(config: ConfigDict, workdir: Path,
   sampler = inputs.make_sampler(config, dataset,
                                 model.config.vision.image_size)
   engine = engine_lib.EpisodeEngine(model, config_lib.engine_config(config))
-  info = runner.describe(config, model)
+  info = runner.describe(config, model, engine.config)
   records = []
   start = time.time()
   if stop is not None:
@@ -108,7 +108,7 @@ def run(config: ConfigDict, workdir: Path,
   results["eval_only"] = True
   results["max_abs_diff_vs_training"] = max(diffs) if diffs else None
   results["complete"] = len(records) == config.episodes
-  if runner.is_writer():
+  if reports.is_main_process():
     reports.write_all(workdir / "eval_only", results)
   logging.info("eval_only: %s %% over %d episodes; max |accuracy - training "
                "accuracy| = %s", aggregate.format_mean_ci(

@@ -155,11 +155,6 @@ def setup_jax(config: ConfigDict) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def is_writer() -> bool:
-  """Whether this process writes the reports (process 0)."""
-  return jax.process_index() == 0
-
-
 def method_label(variant: str, family: str) -> str:
   """The paper's row name, e.g. ``CLIP-LoRA + SVL + RA``."""
   base = {"clip": "CLIP", "siglip": "SigLIP"}.get(family, family) + "-LoRA"
@@ -168,12 +163,18 @@ def method_label(variant: str, family: str) -> str:
   return base + suffix
 
 
-def describe(config: ConfigDict, model: Model) -> dict[str, Any]:
-  """The job's description keys of ``results.json``."""
+def describe(config: ConfigDict, model: Model,
+             engine_config: engine_lib.EngineConfig) -> dict[str, Any]:
+  """The job's description keys of ``results.json`` (``window``: the
+  [start, end) steps of the extra terms; ``eval_steps``: the steps after
+  which the queries are evaluated, for the reports)."""
   return {
       "dataset": config.dataset.name,
       "way": config.way, "shot": config.shot, "query": config.query,
       "steps": config.steps, "seed": config.seed,
+      "trainable": config.trainable,
+      "window": list(engine_config.window),
+      "eval_steps": list(engine_config.evaluation_steps),
       "variant": config.method.variant,
       "method": method_label(config.method.variant, model.config.family),
       "model": model.name,
@@ -296,7 +297,7 @@ def _run(config: ConfigDict, workdir: Path, restart: bool,
          on_batch: Callable[[dict[str, Any]], None] | None,
          stop: StopOnSignal, t_line: str) -> dict[str, Any]:
   saved = prepare_workdir(config, workdir, restart)
-  if is_writer():
+  if reports.is_main_process():
     reports.write_text_atomic(workdir / "config.json",
                               config.to_json(indent=2))
   logging.info("Config (%s):\n%s", t_line, config)
@@ -308,7 +309,7 @@ def _run(config: ConfigDict, workdir: Path, restart: bool,
   sampler = inputs.make_sampler(config, dataset,
                                 model.config.vision.image_size)
   engine = engine_lib.EpisodeEngine(model, config_lib.engine_config(config))
-  info = describe(config, model)
+  info = describe(config, model, engine.config)
   logging.info("%s on %s (%s): %d-way %d-shot, %d episodes, T=%d steps, "
                "%d episodes per batch over %d device(s)", info["method"],
                config.dataset.name, model.name, config.way, config.shot,
@@ -329,7 +330,8 @@ def _run(config: ConfigDict, workdir: Path, restart: bool,
   state = RunState(workdir / "state")
   adapters = (AdapterStore(workdir / "adapters") if config.save_adapters
               else None)
-  tb = reports.TensorBoard(workdir / "tensorboard") if is_writer() else None
+  tb = (reports.TensorBoard(workdir / "tensorboard")
+        if reports.is_main_process() else None)
   speed = _Speed()
   ran = 0
   all_acc = ([] if not parts else
@@ -405,7 +407,7 @@ def _run(config: ConfigDict, workdir: Path, restart: bool,
       "devices": jax.device_count(), "workdir": str(workdir),
       "wall_seconds": round(wall_before + time.time() - speed.start, 1),
       "wall_seconds_this_process": round(time.time() - speed.start, 1)})
-  if is_writer():
+  if reports.is_main_process():
     reports.write_all(workdir, results)
     if tb is not None:
       tb.final(results)
