@@ -24,12 +24,15 @@ workdir is one ``ERROR:`` line (exit status 2 for the command line and
 config, 1 for missing inputs found later), with nothing created.
 
 This module parses flags, checks inputs, sets up logging and dispatches on
-``config.protocol`` ("episodic": ``jaxfsl.protocols.episodic.runner``).
+``config.protocol`` (``PROTOCOLS``: "episodic" ->
+``jaxfsl.protocols.episodic.runner``; "fewshot" -> its runner where that
+protocol is installed), each protocol validating its own config.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging as py_logging
 import os
 import re
@@ -38,6 +41,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 from absl import app, flags, logging
@@ -255,6 +259,43 @@ def _log_error(handler: py_logging.Handler, e: BaseException) -> None:
       (type(e).__name__, e), None))
 
 
+# config.protocol -> the module that runs it: ``validate(config)`` (raises
+# naming every bad key) and ``run(config, workdir)`` (``config.restart``
+# discards a previous run).
+PROTOCOLS = {
+    "episodic": "jaxfsl.protocols.episodic.runner",
+    "fewshot": "jaxfsl.protocols.fewshot.runner",
+}
+
+
+def protocol_module(config: ml_collections.ConfigDict) -> Any:
+  """The module running ``config.protocol``.
+
+  Raises:
+    config_lib.ConfigError: an unknown protocol, or one this installation
+      lacks.
+  """
+  name = config.get("protocol", "episodic")
+  target = PROTOCOLS.get(name)
+  try:
+    found = target is not None and importlib.util.find_spec(target)
+  except ModuleNotFoundError:
+    found = False
+  if not found:
+    available = [p for p, t in PROTOCOLS.items() if _has_module(t)]
+    raise config_lib.ConfigError(
+        f"config key 'protocol' is {name!r}; this jaxfsl runs "
+        f"{available} (configs/episodic/*.py set 'episodic')")
+  return importlib.import_module(target)
+
+
+def _has_module(name: str) -> bool:
+  try:
+    return importlib.util.find_spec(name) is not None
+  except ModuleNotFoundError:
+    return False
+
+
 def main(argv: Sequence[str]) -> int:
   """Runs the job of ``--config`` in ``--workdir``; returns the exit status.
 
@@ -268,25 +309,26 @@ def main(argv: Sequence[str]) -> int:
     _fail(f"--config is required\n{USAGE}")
   config = _CONFIG.value
   try:
-    config_lib.validate(config)
+    module = protocol_module(config)
+    module.validate(config)
     workdir = check_workdir(_WORKDIR.value)
-  except config_lib.UserError as e:
+    seeds = config_lib.parse_seeds(config.get("seeds", ""))
+  except (config_lib.UserError, ValueError, AttributeError, KeyError) as e:
+    # A config's problems, named by the protocol's own validation.
     _fail(str(e))
-  module = importlib.import_module(config_lib.PROTOCOLS[config.protocol])
-  seeds = config_lib.parse_seeds(config.seeds)
+  if _RESTART.value:
+    config.restart = True
 
   from jaxfsl.checkpoints import CheckpointError
   from jaxfsl.data import DataError
 
   log_file = _setup_logging(workdir)
   logging.info("jaxfsl.main %s", " ".join(sys.argv[1:]))
-  restart = _RESTART.value or config.restart
   jobs = ([(config, workdir)] if not seeds else
           [(_with_seed(config, s), workdir / f"seed_{s}") for s in seeds])
   try:
-    runs = [module.run(job_config, job_dir, restart=restart)
-            for job_config, job_dir in jobs]
-    if seeds and not config.eval_only:
+    runs = [module.run(job_config, job_dir) for job_config, job_dir in jobs]
+    if seeds and not config.get("eval_only", False):
       from jaxfsl.io import reports
 
       if reports.is_main_process():

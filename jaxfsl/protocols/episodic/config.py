@@ -40,9 +40,6 @@ ConfigDict = ml_collections.ConfigDict
 CONFIG_DIR = Path(_configs_pkg.__file__).resolve().parent
 BASE_FILE = CONFIG_DIR / "base.py"
 
-# Protocols jaxfsl can run (``config.protocol``) -> the module with ``run``.
-PROTOCOLS = {"episodic": "jaxfsl.protocols.episodic.runner"}
-PLANNED_PROTOCOLS = ("fewshot",)
 PLANNED_TRAINABLES = ("coop", "maple")
 DTYPES = ("float32", "bfloat16", "float16")
 # Keys that change how a job runs but not its results: a workdir may be
@@ -263,11 +260,10 @@ def job_problems(config: ConfigDict) -> list[str]:
         value = value[part]
       problems.append(f"config key {key!r} is {value!r}; expected {expected}")
 
-  if c.protocol not in PROTOCOLS:
-    planned = (" (planned, not implemented yet)"
-               if c.protocol in PLANNED_PROTOCOLS else "")
-    problems.append(f"config key 'protocol' is {c.protocol!r}{planned}; "
-                    f"expected one of {tuple(PROTOCOLS)}")
+  if c.protocol != "episodic":
+    problems.append(f"config key 'protocol' is {c.protocol!r}; this is the "
+                    "episodic job ('episodic'); jaxfsl-run dispatches each "
+                    "protocol to its own runner")
   from jaxfsl.trainables import available  # The registry.
 
   if c.trainable not in available():

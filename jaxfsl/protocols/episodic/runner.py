@@ -63,6 +63,8 @@ from jaxfsl.protocols.episodic.batch import host_slice
 from jaxfsl.protocols.episodic.config import Interrupted, ResumeError
 
 ConfigDict = ml_collections.ConfigDict
+# The protocol interface ``jaxfsl.main`` dispatches to: validate, then run.
+validate = config_lib.validate
 
 # Set to 1 (or config.multihost=True) to call jax.distributed.initialize().
 MULTIHOST_ENV = "JAXFSL_MULTIHOST"
