@@ -479,3 +479,19 @@ def test_cli_seeds_run_one_job_per_seed_folder(tmp_path):
   saved = json.loads((work / "seed_3" / "config.json").read_text())
   assert saved["seed"] == 3 and saved["seeds"] == "3,4"
   assert not (work / "seed_4").exists()
+
+
+def test_cli_restart_flag_discards_another_configs_run(tmp_path):
+  work = tmp_path / "w"
+  other = load("isic")
+  other.shot = 5
+  _saved_state(work, other)
+  args = ("--config", "configs/episodic/isic.py",
+          f"--config.model.checkpoint={tmp_path}/nothing", "--workdir",
+          str(work))
+  p = _cli(*args)
+  assert p.returncode == 1 and "shot: 5 -> 1" in p.stderr, p.stderr[-2000:]
+  assert (work / "state").is_dir()
+  p = _cli(*args, "--restart")
+  assert p.returncode == 1 and "ERROR: model.checkpoint" in p.stderr
+  assert not (work / "state").exists()
