@@ -312,7 +312,7 @@ def main(argv: Sequence[str]) -> int:
     module = protocol_module(config)
     module.validate(config)
     workdir = check_workdir(_WORKDIR.value)
-    seeds = config_lib.parse_seeds(config.get("seeds", ""))
+    seeds = bool(config.get("seeds", ""))
   except (config_lib.UserError, ValueError, AttributeError, KeyError) as e:
     # A config's problems, named by the protocol's own validation.
     _fail(str(e))
@@ -324,17 +324,15 @@ def main(argv: Sequence[str]) -> int:
 
   log_file = _setup_logging(workdir)
   logging.info("jaxfsl.main %s", " ".join(sys.argv[1:]))
-  jobs = ([(config, workdir)] if not seeds else
-          [(_with_seed(config, s), workdir / f"seed_{s}") for s in seeds])
   try:
-    runs = [module.run(job_config, job_dir) for job_config, job_dir in jobs]
-    if seeds and not config.get("eval_only", False):
-      from jaxfsl.io import reports
+    if seeds and config.protocol == "episodic":
+      # One resumable sub-job per seed in WORKDIR/seed_<s>, then the seeds
+      # summary (seeds.json, summary.md).
+      from jaxfsl.protocols.episodic import seeds as seeds_lib
 
-      if reports.is_main_process():
-        group = reports.write_seeds_summary(workdir, runs)
-        logging.info("%d seeds: %s written", group["num_seeds"],
-                     workdir / reports.SEEDS_FILE)
+      seeds_lib.run_seeds(config, workdir)
+    else:
+      module.run(config, workdir)
   except (config_lib.UserError, DataError, CheckpointError,
           FileNotFoundError, FloatingPointError) as e:
     # Problems the user can fix: the message, no traceback (on stderr once,
@@ -347,12 +345,6 @@ def main(argv: Sequence[str]) -> int:
     print(str(e), file=sys.stderr)
     return e.exit_code
   return 0
-
-
-def _with_seed(config, seed: int):
-  c = ml_collections.ConfigDict(config.to_dict())
-  c.seed = seed
-  return c
 
 
 def _main_or_exit(argv: Sequence[str]) -> None:

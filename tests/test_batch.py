@@ -29,9 +29,10 @@ def sampler():
   images = rng.integers(0, 256, (len(labels), 20, 20, 3), dtype=np.uint8)
   names = ["red circle", "blue square", "green ring", "white cross"]
   dataset = data.InMemoryDataset(images, labels, names)
-  # The sampler's own image size (224 by default) is not the model's.
+  # The sampler's own image size (224) is not the model's: make_batches
+  # delivers the model's.
   return data.EpisodeSampler(dataset, way=WAY, shot=SHOT, query=QUERY,
-                             seed=3)
+                             seed=3, image_size=224)
 
 
 def test_plan_pads_last_batch_by_repeating():

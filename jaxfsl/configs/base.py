@@ -24,8 +24,9 @@ def get_config(arg=None):
   # Which protocol runs the job: "episodic" (the CDFSL targets, one
   # fine-tuning per episode). ("fewshot", the 11-dataset benchmark, is planned.)
   config.protocol = "episodic"
-  # What is fine-tuned beside the frozen backbone: "lora" (prompt learners
-  # "coop" / "maple" are planned; see jaxfsl/trainables/).
+  # What is fine-tuned beside the frozen backbone: "lora" (the release;
+  # block lora.*), "coop" (CoOp's text context; block coop.*) or "maple"
+  # (MaPLe's prompts in both towers; block maple.*). See jaxfsl/trainables/.
   config.trainable = "lora"
   # Several seeds in one job: "1,2,3" runs one resumable sub-job per seed in
   # WORKDIR/seed_<s> ('': the single ``seed`` below).
@@ -101,6 +102,24 @@ def get_config(arg=None):
   config.lora.towers = "vision"  # vision | text | both
   # all | bottom | mid | up | half-up | half-bottom, or indices "0,1,2".
   config.lora.blocks = "all"
+
+  # CoOp, trainable "coop" (jaxfsl.trainables.coop.CoopConfig).
+  config.coop = ml_collections.ConfigDict()
+  # Learned context vectors (ignored with ctx_init: its token count).
+  config.coop.n_ctx = 16
+  # Phrase initialising a unified context, e.g. "a photo of a" ('': random).
+  config.coop.ctx_init = ""
+  config.coop.class_specific = False  # One context per class (CSC).
+  config.coop.class_token_position = "end"  # end | middle | front
+  config.coop.init_std = 0.02  # Std of the random initialisation.
+
+  # MaPLe, trainable "maple" (jaxfsl.trainables.maple.MapleConfig).
+  config.maple = ml_collections.ConfigDict()
+  config.maple.n_ctx = 2  # Learned prompt tokens per layer.
+  # Init phrase of the layer-0 text prompts ('': random).
+  config.maple.ctx_init = "a photo of a"
+  config.maple.depth = 9  # Layers (from the first) with learned prompts.
+  config.maple.init_std = 0.02  # Std of the random prompts.
 
   # AdamW on the adapters, cosine-annealed (jaxfsl.optim.OptimConfig).
   config.optim = ml_collections.ConfigDict()

@@ -6,7 +6,9 @@ runs: pixels at the model's input size and the class prompts tokenised by
 the model's tokenizer::
 
   model = jaxfsl.build("tiny-clip")
-  sampler = jaxfsl.data.EpisodeSampler(dataset, way=5, shot=1, query=15)
+  sampler = jaxfsl.data.EpisodeSampler(
+      dataset, way=5, shot=1, query=15,
+      image_size=model.config.vision.image_size)
   engine = EpisodeEngine(model, EngineConfig(shot=1, steps=50))
   for indices, valid, batch in make_batches(model, sampler, range(8), 4):
     out = engine.run_batch(batch, episode_keys(seed, host_slice(indices)))

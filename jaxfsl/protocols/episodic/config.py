@@ -40,7 +40,6 @@ ConfigDict = ml_collections.ConfigDict
 CONFIG_DIR = Path(_configs_pkg.__file__).resolve().parent
 BASE_FILE = CONFIG_DIR / "base.py"
 
-PLANNED_TRAINABLES = ("coop", "maple")
 DTYPES = ("float32", "bfloat16", "float16")
 # Keys that change how a job runs but not its results: a workdir may be
 # resumed with other values. ``epochs`` is replaced by the resolved ``steps``.
@@ -231,23 +230,6 @@ def schema_problems(config: ConfigDict) -> list[str]:
 # ---------------------------------------------------------------------------
 
 
-def parse_seeds(seeds: str) -> tuple[int, ...]:
-  """``seeds``: "1,2,3" -> (1, 2, 3); '' -> ().
-
-  Raises:
-    ConfigError: not comma-separated non-negative integers, or repeated.
-  """
-  try:
-    out = tuple(int(s) for s in seeds.split(",") if s.strip())
-  except ValueError:
-    out = (-1,)
-  if any(s < 0 for s in out) or len(set(out)) != len(out):
-    raise ConfigError(f"config key 'seeds' is {seeds!r}; expected distinct "
-                      "non-negative integers separated by commas, e.g. "
-                      "'1,2,3' (or '' for the single 'seed')")
-  return out
-
-
 def job_problems(config: ConfigDict) -> list[str]:
   """Every problem of the job-level keys (not the dataclasses' keys)."""
   c = config
@@ -267,14 +249,22 @@ def job_problems(config: ConfigDict) -> list[str]:
   from jaxfsl.trainables import available  # The registry.
 
   if c.trainable not in available():
-    planned = (" (planned, not implemented yet)"
-               if c.trainable in PLANNED_TRAINABLES else "")
-    problems.append(f"config key 'trainable' is {c.trainable!r}{planned}; "
-                    f"expected one of {available()}")
-  try:
-    parse_seeds(c.seeds)
-  except ConfigError as e:
-    problems.append(str(e))
+    problems.append(f"config key 'trainable' is {c.trainable!r}; expected "
+                    f"one of {available()}")
+  elif c.trainable != "lora":
+    from jaxfsl.trainables import get_trainable
+
+    try:  # The block's own dataclass checks its keys and values.
+      get_trainable(c.trainable, c[c.trainable].to_dict())
+    except (ValueError, TypeError) as e:
+      problems.append(str(e))
+  if c.seeds:
+    from jaxfsl.protocols.episodic import seeds  # Imports the runner (JAX).
+
+    try:
+      seeds.parse_seeds(c.seeds)
+    except ConfigError as e:
+      problems.append(f"config key 'seeds': {e}")
   for key in ("way", "shot", "query", "epochs", "episodes_per_batch"):
     need(c[key] >= 1, key, ">= 1")
   need(c.episodes >= 1 or c.episodes == -1, "episodes",
@@ -400,10 +390,13 @@ def engine_config(config: ConfigDict) -> Any:
       problems.append(_section_error(section, e))
   if problems:
     raise ConfigError("\n".join(problems))
+  block = None
+  if c.trainable != "lora" and c.trainable in c:
+    block = c[c.trainable].to_dict()  # coop.* / maple.*, checked when built.
   try:
     return EngineConfig(
         way=c.way, shot=c.shot, query=c.query, steps=total_steps(c),
-        trainable=c.trainable,
+        trainable=c.trainable, trainable_config=block,
         logit_scale=("checkpoint" if c.use_checkpoint_logit_scale
                      else float(c.logit_scale)),
         remat=c.remat, skip_clean_pass_in_stage2=c.skip_clean_pass_in_stage2,

@@ -62,6 +62,14 @@ from jaxfsl.protocols.episodic import inputs
 from jaxfsl.protocols.episodic.batch import host_slice
 from jaxfsl.protocols.episodic.config import Interrupted, ResumeError
 
+# Names other modules (seeds, interop, tools) use as ``runner.X``; their
+# homes are config.py and inputs.py.
+from jaxfsl.protocols.episodic.config import (  # noqa: E402,F401 isort:skip
+    ConfigError, MissingInputError, UserError, load_config, parse_blocks,
+    parse_targets, resolve)
+from jaxfsl.protocols.episodic.inputs import (  # noqa: E402,F401 isort:skip
+    checkpoint_path, load_model, make_sampler, open_dataset)
+
 ConfigDict = ml_collections.ConfigDict
 # The protocol interface ``jaxfsl.main`` dispatches to: validate, then run.
 validate = config_lib.validate
