@@ -39,7 +39,7 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxfsl.method import losses
+from jaxfsl.method import losses, objective
 from jaxfsl.models.model import Model
 from jaxfsl.models.two_towers import TwoTowers
 from jaxfsl.trainables.lora import LoraConfig, init_lora
@@ -114,8 +114,10 @@ class TrainerConfig:
 
   @property
   def window_end(self) -> int:
-    """Iterations k < window_end carry the variant's extra terms."""
-    return losses.stage1_steps(self.steps, self.stage1_fraction)
+    """Iterations k < window_end carry the variant's extra terms:
+    int(stage1_fraction * T), the fuse weight's denominator (the minibatch
+    form's window, docs/fewshot.md)."""
+    return objective.fuse_denominator(self.steps, self.stage1_fraction)
 
 
 class TrainState(train_state.TrainState):
@@ -281,7 +283,7 @@ class FewshotTrainer:
       a_v = jax.lax.stop_gradient(
           jnp.einsum("pd,qd->pq", f, g,
                      precision=jax.lax.Precision.HIGHEST).astype(jnp.float32))
-      p = losses.fuse_weight(step, cfg.steps, cfg.stage1_fraction)
+      p = objective.fuse_weight(step, cfg.steps, cfg.stage1_fraction)
       parts["relation"], _ = losses.relation_alignment_loss(
           f, g, t, y, y, a_v, p, form=cfg.relation_form)
       total = total + cfg.relation_weight * parts["relation"]
