@@ -118,7 +118,12 @@ def main(argv: Sequence[str]) -> int:
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError("--config and --workdir are required")
   workdir = Path(_WORKDIR.value).expanduser()
-  log_file = _setup_logging(workdir)
+  from jaxfsl import distributed
+
+  # Before anything creates a JAX backend; only process 0 writes log.txt.
+  distributed.initialize(_CONFIG.value.multihost)
+  log_file = (_setup_logging(workdir) if distributed.is_main_process()
+              else py_logging.NullHandler())
   logging.info("jaxfsl.main %s", " ".join(sys.argv[1:]))
   try:
     experiment.run(_CONFIG.value, workdir,

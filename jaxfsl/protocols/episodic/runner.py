@@ -687,9 +687,9 @@ def _save_in_flight_or_done(directory: Path, step: int) -> bool:
 
 def setup_jax(config: ConfigDict) -> None:
   """Multi-host initialisation and the persistent compilation cache."""
-  if config.multihost or os.environ.get(MULTIHOST_ENV) == "1":
-    if not jax.distributed.is_initialized():
-      jax.distributed.initialize()
+  from jaxfsl import distributed
+
+  distributed.initialize(config.multihost)
   if config.jax_cache_dir:
     cache = Path(config.jax_cache_dir).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
