@@ -256,8 +256,8 @@ def test_audit_hook_records_writes(tmp_path):
   log = tmp_path / "audit.jsonl"
   script = _AUDITED_MAIN.replace(
       'runpy.run_module("jaxfsl.main", run_name="__main__", alter_sys=True)',
-      'open(os.path.join(sys.argv[2], "x.txt"), "w").write("1")\n'
-      'os.mkdir(os.path.join(sys.argv[2], "d"))\n'
+      'open(os.path.join(root, "x.txt"), "w").write("1")\n'
+      'os.mkdir(os.path.join(root, "d"))\n'
       'open("/dev/null", "w").write("1")\n')
   subprocess.run([sys.executable, "-c", script, str(log), str(work)],
                  check=True)
