@@ -161,10 +161,10 @@ def initialize(multihost: bool = False,
     # JAX's message names its arguments; ours names the variables too.
     raise MultihostError(
         f"{MULTIHOST_ENV}=1 / config.multihost=True but jax.distributed "
-        f"could not start: {e}. Set {COORDINATOR_ENV} (host:port of process "
-        f"0), {NUM_PROCESSES_ENV} and {PROCESS_ID_ENV} on every process, or "
-        "run inside a cluster JAX detects (Cloud TPU, SLURM, Open MPI, "
-        "Kubernetes).") from e
+        f"could not start: {str(e).rstrip('.')}. Set {COORDINATOR_ENV} "
+        f"(host:port of process 0), {NUM_PROCESSES_ENV} and "
+        f"{PROCESS_ID_ENV} on every process, or run inside a cluster JAX "
+        "detects (Cloud TPU, SLURM, Open MPI, Kubernetes).") from e
   logging.info("jax.distributed: process %d of %d, %d local of %d devices",
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())

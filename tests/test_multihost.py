@@ -342,3 +342,36 @@ def test_settings_from_env_lists_every_problem():
 
 def test_not_requested_starts_nothing():
   assert distributed.initialize(False, {}) is False
+
+
+def test_bad_settings_fail_before_jax_distributed_starts():
+  import jax
+
+  with pytest.raises(distributed.MultihostError, match="JAX_NUM_PROCESSES"):
+    distributed.initialize(True, {"JAX_NUM_PROCESSES": "x"})
+  assert not jax.distributed.is_initialized()
+
+
+def test_asked_without_a_coordinator_says_what_to_set():
+  # In a fresh process: jax.distributed must start before any backend.
+  env = {k: v for k, v in os.environ.items() if not k.startswith(
+      ("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_",
+       "OMPI_"))}
+  env.update(JAX_PLATFORMS="cpu", JAXFSL_MULTIHOST="1", PYTHONPATH=str(tm.REPO))
+  proc = subprocess.run(
+      [sys.executable, "-c",
+       "from jaxfsl import distributed; distributed.initialize()"],
+      capture_output=True, text=True, env=env, timeout=120)
+  assert proc.returncode == 1
+  assert "MultihostError: JAXFSL_MULTIHOST=1" in proc.stderr
+  assert ("Set JAX_COORDINATOR_ADDRESS (host:port of process 0), "
+          "JAX_NUM_PROCESSES and JAX_PROCESS_ID") in proc.stderr
+
+
+def test_one_process_is_the_main_one():
+  assert distributed.is_main_process()
+  ran = []
+  with distributed.main_process_first("test"):
+    ran.append(1)
+  distributed.sync("test")
+  assert ran == [1]
