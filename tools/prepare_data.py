@@ -30,13 +30,15 @@ except ImportError:  # Run from a checkout without `pip install -e .`.
   sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jaxfsl.data import DATASET_NAMES, DataError, default_data_dir
+from jaxfsl.data.fewshot import cli as fewshot_cli
 from jaxfsl.data.prepare import prepare_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+  p.add_argument("--dataset", required=True, choices=DATASET_NAMES +
+                 fewshot_cli.choices(DATASET_NAMES))
   p.add_argument("--manual_dir", default=None,
                  help="folder holding the raw download (not for synthetic)")
   p.add_argument("--data_dir", default=str(default_data_dir()),
@@ -75,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
+  if args.dataset not in DATASET_NAMES:  # The few-shot benchmark's sets.
+    return fewshot_cli.prepare_from_args(args)
   try:
     result = prepare_dataset(
         args.dataset, args.data_dir, args.manual_dir,

@@ -1,0 +1,173 @@
+"""The few-shot job end to end on generated data: learns, beats zero-shot,
+writes its files, and resumes after SIGKILL to identical results."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxfsl.configs.fewshot import common, demo
+from jaxfsl.data.fewshot import builders
+from jaxfsl.data.fewshot import split as fsplit
+from jaxfsl.protocols.fewshot import runner
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS, EVERY = 24, 6
+
+
+def job_config():
+  config = demo.get_config()
+  config.steps = STEPS
+  config.fewshot.checkpoint_every = EVERY
+  config.fewshot.log_every = EVERY
+  return config
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("fewshot_ref")
+  return workdir, runner.run(job_config(), workdir)
+
+
+def test_configs_cover_the_eleven_datasets():
+  from jaxfsl.data.fewshot import layouts
+
+  for name in layouts.NAMES:
+    module = __import__(f"jaxfsl.configs.fewshot.{name}",
+                        fromlist=["get_config"])
+    config = module.get_config()
+    assert config.dataset.name == name and config.protocol == "fewshot"
+  config = common.get_config()
+  assert runner.total_steps(config) == 500 * 16
+  config.shot = 4
+  assert runner.total_steps(config) == 2000
+  config.steps = 7
+  assert runner.total_steps(config) == 7
+  tcfg = runner.trainer_config(common.get_config())
+  assert (tcfg.lora.rank, tcfg.lora.alpha, tcfg.lora.towers) == (2, 1.0,
+                                                                 "both")
+  assert (tcfg.batch_size, tcfg.lr, tcfg.weight_decay) == (32, 2e-4, 1e-2)
+  assert tcfg.variant == "none" and tcfg.logit_scale == 100.0
+  bad = common.get_config()
+  bad.method.variant = "visual"
+  with pytest.raises(ValueError, match="none, svl, ra, svl_ra"):
+    runner.trainer_config(bad)
+
+
+def test_job_learns_and_writes_its_files(reference):
+  workdir, results = reference
+  assert results["steps"] == STEPS and results["resumed_from"] == 0
+  vlm = np.asarray(results["losses"]["vlm"])
+  assert vlm[-EVERY:].mean() < 0.7 * vlm[:EVERY].mean(), vlm
+  assert results["test_accuracy"] > results["zero_shot_accuracy"] + 0.1
+  on_disk = json.loads((workdir / "results.json").read_text())
+  assert on_disk["test_accuracy"] == results["test_accuracy"]
+  assert "not a result" in (workdir / "summary.md").read_text()
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  # The split file is CLIP-LoRA's K-shot draw on the prepared dataset.
+  ds = builders.load_fewshot("caltech101", workdir / "data")
+  expected = fsplit.fewshot_split(
+      {"train": ds.items("train"), "val": ds.items("val")}, 4, 1)
+  assert fsplit.read_split(workdir / "fewshot_split.json") == expected
+  assert len(expected["train"]) == 4 * 4 and len(expected["val"]) == 4 * 4
+
+
+KILLED_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_fewshot_runner import job_config
+from jaxfsl.protocols.fewshot import runner
+runner.run(job_config(), {workdir!r})
+"""
+
+
+def test_resume_after_sigkill_is_identical(reference, tmp_path):
+  ref_dir, ref = reference
+  workdir = tmp_path / "job"
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+  env["JAXFSL_FEWSHOT_TEST_STEP_SLEEP"] = "0.5"
+  script = KILLED_SCRIPT.format(tests=str(ROOT / "tests"),
+                                workdir=str(workdir))
+  proc = subprocess.Popen([sys.executable, "-c", script], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  first = workdir / "checkpoints" / str(EVERY)
+  deadline = time.time() + 900
+  try:
+    while not first.is_dir() and proc.poll() is None:
+      assert time.time() < deadline, "no checkpoint appeared"
+      time.sleep(0.2)
+    assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+  finally:
+    proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  assert not (workdir / "results.json").exists()
+  resumed = runner.run(job_config(), workdir)
+  assert 0 < resumed["resumed_from"] < STEPS
+  for term, values in ref["losses"].items():
+    assert resumed["losses"][term] == values, term
+  assert resumed["test_accuracy"] == ref["test_accuracy"]
+  assert (workdir / "fewshot_split.json").read_text() == (
+      ref_dir / "fewshot_split.json").read_text()
+
+
+def test_resuming_with_another_config_is_refused(tmp_path):
+  config = job_config()
+  runner.check_resumable(config, tmp_path)
+  (tmp_path / "checkpoints").mkdir()
+  config.fewshot.log_every = 1  # Free to change.
+  runner.check_resumable(config, tmp_path)
+  config.shot = 8
+  config.method.variant = "svl"
+  with pytest.raises(ValueError) as e:
+    runner.check_resumable(config, tmp_path)
+  assert "method.variant: 'none' -> 'svl'" in str(e.value)
+  assert "shot: 4 -> 8" in str(e.value) and "restart" in str(e.value)
+
+
+def test_validate_lists_every_bad_key():
+  config = job_config()
+  runner.validate(config)
+  config.shot = 0
+  config.dataset.name = "mnist"
+  config.fewshot.batch_size = 0
+  with pytest.raises(ValueError) as e:
+    runner.validate(config)
+  msg = str(e.value)
+  assert "shot=0" in msg and "dataset.name='mnist'" in msg
+  assert "fewshot.batch_size=0" in msg
+
+
+def test_table_means_over_seeds(tmp_path):
+  from jaxfsl.protocols.fewshot.table import fewshot_table, find_results
+
+  def write(name, dataset, shot, seed, acc):
+    d = tmp_path / name
+    d.mkdir()
+    (d / "results.json").write_text(json.dumps({
+        "protocol": "fewshot", "dataset": dataset, "shot": shot,
+        "seed": seed, "variant": "none", "model": "m",
+        "test_accuracy": acc}))
+
+  for seed, acc in ((1, 0.90), (2, 0.92), (3, 0.94)):
+    write(f"c{seed}", "caltech101", 16, seed, acc)
+  write("e1", "eurosat", 16, 1, 0.5)
+  write("e2", "eurosat", 1, 1, 0.25)
+  (tmp_path / "other").mkdir()
+  (tmp_path / "other" / "results.json").write_text('{"protocol": "x"}')
+  results = find_results(tmp_path)
+  assert len(results) == 5
+  table = fewshot_table(results, reference={"caltech101": {16: 93.7}})
+  assert "| dataset | 1-shot | 16-shot |" in table
+  assert "| caltech101 |  | 92.00 (93.7) |" in table
+  assert "| eurosat | 25.00 (n=1) | 50.00 (n=1) |" in table
+  assert "| Average |  | 71.00 |" in table
+  assert fewshot_table([]) == "No few-shot results found."
