@@ -52,6 +52,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxfsl import distributed
 from jaxfsl.io import aggregate, reports
 from jaxfsl.models.config import PRESETS
 from jaxfsl.models.model import Model
@@ -687,8 +688,6 @@ def _save_in_flight_or_done(directory: Path, step: int) -> bool:
 
 def setup_jax(config: ConfigDict) -> None:
   """Multi-host initialisation and the persistent compilation cache."""
-  from jaxfsl import distributed
-
   distributed.initialize(config.multihost)
   if config.jax_cache_dir:
     cache = Path(config.jax_cache_dir).expanduser()
@@ -866,7 +865,8 @@ def run(config: ConfigDict, workdir: str | os.PathLike[str], *,
   setup_jax(config)
   config = resolve(config)
   restart = config.restart if restart is None else restart
-  workdir.mkdir(parents=True, exist_ok=True)
+  with distributed.main_process_first("workdir"):
+    workdir.mkdir(parents=True, exist_ok=True)
   if config.demo:
     logging.warning(DEMO_NOTE)
   if config.eval_only:
