@@ -1,4 +1,4 @@
-"""The release's optimizer for the LoRA adapters: AdamW + per-step cosine LR.
+"""The release's optimizer for the trainable pytree: AdamW + per-step cosine LR.
 
 The release runs ``torch.optim.AdamW(lr=2e-4, betas=(0.9, 0.999), eps=1e-8,
 weight_decay=1e-2)`` with ``CosineAnnealingLR(T_max=8 * T, eta_min=1e-6)``,
@@ -26,44 +26,104 @@ against each other.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
-import jax
-import jax.numpy as jnp
 import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """The release's AdamW on the trainable pytree, cosine-annealed per step.
+
+  Attributes (config keys ``optim.*``):
+    lr: initial learning rate (the release: 2e-4).
+    b1, b2: Adam betas.
+    eps: Adam epsilon, added outside the square root (as torch).
+    weight_decay: decoupled weight decay coefficient.
+    min_lr: the cosine schedule's floor (torch's eta_min).
+    period_factor: the cosine's half-period is period_factor * T steps.
+
+  Raises:
+    ValueError: naming every bad key (``optim.lr``, ...) at once.
+  """
+
+  lr: float = 2e-4
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  weight_decay: float = 1e-2
+  min_lr: float = 1e-6
+  period_factor: float = 8.0
+
+  def __post_init__(self):
+    errors = []
+    for name in ("lr", "eps", "period_factor"):
+      value = getattr(self, name)
+      if not _finite(value) or value <= 0:
+        errors.append(f"optim.{name} {value!r}: expected a number > 0")
+    for name in ("b1", "b2"):
+      value = getattr(self, name)
+      if not _finite(value) or not 0 <= value < 1:
+        errors.append(f"optim.{name} {value!r}: expected a number in [0, 1)")
+    for name in ("weight_decay", "min_lr"):
+      value = getattr(self, name)
+      if not _finite(value) or value < 0:
+        errors.append(f"optim.{name} {value!r}: expected a number >= 0")
+    if not errors and self.min_lr > self.lr:
+      errors.append(f"optim.min_lr {self.min_lr!r}: expected <= optim.lr "
+                    f"({self.lr!r})")
+    if errors:
+      raise ValueError("; ".join(errors))
+
+
+def _finite(x) -> bool:
+  return (isinstance(x, (int, float)) and not isinstance(x, bool)
+          and math.isfinite(x))
 
 
 def release_schedule(
     total_steps: int,
     base_lr: float = 2e-4,
     min_lr: float = 1e-6,
-    period_factor: int = 8,
+    period_factor: float = 8,
 ) -> optax.Schedule:
   """PyTorch ``CosineAnnealingLR(T_max=period_factor * T)``, stepped per step.
 
   ``lr_k = min_lr + (base_lr - min_lr) * (1 + cos(pi * k / T_max)) / 2`` for
-  the k-th update (k from 0). This is torch's closed form, periodic in k like
-  torch's (unlike ``optax.cosine_decay_schedule``, which clamps at T_max; the
-  two agree for k <= T_max, which covers every episode).
+  the k-th update (k from 0): ``optax.cosine_decay_schedule`` with
+  ``alpha = min_lr / base_lr``. It clamps at k = T_max where torch's closed
+  form is periodic; the two agree for k <= T_max, which covers every
+  episode (k < T = T_max / period_factor).
 
   Args:
     total_steps: T, the number of training steps of the episode.
-    base_lr: LR at k = 0.
+    base_lr: LR at k = 0 (> 0).
     min_lr: torch's eta_min.
     period_factor: T_max = period_factor * T.
 
   Returns:
     An optax schedule: int count -> float32 scalar LR.
+
+  Raises:
+    ValueError: T_max <= 0 or base_lr <= 0.
   """
   t_max = period_factor * total_steps
   if t_max <= 0:
     raise ValueError(f"period_factor * total_steps must be > 0, got {t_max}")
+  if base_lr <= 0:
+    raise ValueError(f"base_lr must be > 0, got {base_lr}")
+  return optax.cosine_decay_schedule(
+      init_value=base_lr, decay_steps=t_max, alpha=min_lr / base_lr)
 
-  def schedule(count: jax.typing.ArrayLike) -> jax.Array:
-    cos = jnp.cos(math.pi * jnp.asarray(count, jnp.float32) / t_max)
-    return min_lr + (base_lr - min_lr) * (1.0 + cos) / 2.0
 
-  return schedule
+def optimizer_from_config(total_steps: int, config: OptimConfig
+                          ) -> optax.GradientTransformation:
+  """``release_optimizer`` with the settings of an ``OptimConfig``."""
+  return release_optimizer(
+      total_steps, base_lr=config.lr, betas=(config.b1, config.b2),
+      eps=config.eps, weight_decay=config.weight_decay, min_lr=config.min_lr,
+      period_factor=config.period_factor)
 
 
 def release_optimizer(
@@ -73,7 +133,7 @@ def release_optimizer(
     eps: float = 1e-8,
     weight_decay: float = 1e-2,
     min_lr: float = 1e-6,
-    period_factor: int = 8,
+    period_factor: float = 8,
 ) -> optax.GradientTransformation:
   """``torch.optim.AdamW`` with the release's per-step cosine schedule.
 

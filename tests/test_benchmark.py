@@ -79,3 +79,36 @@ def test_peak_table():
   assert benchmarking.peak_tflops("TPU v5 lite", "bfloat16") == 197.0
   assert benchmarking.peak_tflops("TPU v5p", "bfloat16") == 459.0
   assert benchmarking.peak_tflops("cpu", "float32") is None
+
+
+def test_package_imports_no_torch():
+  script = ("import sys, jaxfsl.benchmarking, "
+            "jaxfsl.protocols.episodic.engine; "
+            "print('torch' in sys.modules)")
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                          text=True, check=True)
+  assert result.stdout.strip() == "False"
+
+
+def test_defaults_come_from_base_config():
+  from jaxfsl.configs.base import get_config
+
+  c = get_config()
+  config = benchmarking.default_engine_config(5, "ra")
+  assert config.steps == c.epochs * 5 and config.shot == 5
+  assert config.optim.lr == c.optim.lr
+  assert config.method.variant == "ra"
+  assert config.method.relation_weight == c.method.relation_weight
+  assert config.lora.rank == c.lora.rank and config.trainable == c.trainable
+  with pytest.raises(ValueError, match="torch_reference"):
+    benchmarking.run(benchmarking.BenchmarkConfig(
+        model="tiny-clip", against="torch"))
+
+
+def test_against_torch_on_tiny_model_has_caveat():
+  pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  report = _cli().main(["--model", "tiny-clip", "--steps", "1", "--warmup",
+                        "0", "--against", "torch", "--quiet"])
+  assert report["torch_step_seconds"] > 0
+  assert "overheads" in report["speedup_caveat"]

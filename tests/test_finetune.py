@@ -140,16 +140,57 @@ def test_variants_run_and_use_their_terms(model, batch, variant):
   cfg = config(method=MethodConfig(variant=variant))
   out = EpisodeEngine(model, cfg).run_batch(
       {k: v[:1] for k, v in batch.items()}, episode_keys(0, [0]))
-  losses = out["losses"]
+  losses, steps = out["losses"], out["step_losses"]
+  # Only the terms the variant uses are reported, as they entered the loss.
+  assert set(losses) == set(steps) == set(cfg.terms) | {"total"}
+  assert cfg.terms == MethodConfig(variant=variant).terms
   stage1 = slice(0, 3)  # segments fully inside the 0.6 T window
-  assert (np.abs(losses["anti_visual"][0, stage1]).sum() > 0) == (
-      variant == "svl")
-  assert (np.abs(losses["relation"][0, stage1]).sum() > 0) == (variant == "ra")
-  assert (np.abs(losses["visual"][0, stage1]).sum() > 0) == (
-      variant == "visual")
-  # Stage 2 is L_vlm alone.
+  for term in set(cfg.terms) - {"vlm"}:
+    assert np.abs(losses[term][0, stage1]).sum() > 0, term
+    assert np.all(steps[term][0, cfg.window_end:] == 0), term
+  # The parts sum to the total, step by step and per segment.
+  parts = sum(steps[t] for t in cfg.terms)
+  np.testing.assert_allclose(parts, steps["total"], rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(sum(losses[t] for t in cfg.terms),
+                             losses["total"], rtol=1e-5, atol=1e-6)
+  # Outside the window the loss is L_vlm alone.
   np.testing.assert_allclose(losses["total"][0, 3:], losses["vlm"][0, 3:],
                              rtol=1e-6)
+  if variant == "ra":
+    assert steps["relation"][0, 0] == 0  # no previous A_v at step 0
+
+
+def test_segment_losses_are_means_of_step_losses_any_t(model, batch):
+  """T = 22 (not a multiple of 5): the release's integer rules."""
+  cfg = config(steps=22)
+  assert cfg.window == (0, 12) and cfg.evaluation_steps == (4, 8, 12, 16, 22)
+  out = EpisodeEngine(model, cfg).run_batch(
+      {k: v[:1] for k, v in batch.items()}, episode_keys(0, [0]))
+  steps = out["step_losses"]
+  assert steps["total"].shape == (1, 22)
+  bounds = (0,) + cfg.evaluation_steps
+  for term in cfg.terms + ("total",):
+    want = [steps[term][0, a:b].mean() for a, b in
+            zip(bounds[:-1], bounds[1:], strict=True)]
+    np.testing.assert_allclose(out["losses"][term][0], want, rtol=1e-5,
+                               atol=1e-6)
+  # The extra terms stop at step 12 = 3 * int(22 / 5).
+  assert np.all(steps["anti_visual"][0, :12] > 0)
+  assert np.all(steps["anti_visual"][0, 12:] == 0)
+  assert np.all(steps["relation"][0, 12:] == 0)
+  assert steps["relation"][0, 0] == 0 and np.all(steps["relation"][0, 1:12])
+
+
+def test_evaluate_adapters_reproduces_training(engine, batch, together):
+  out = engine.evaluate_adapters(batch, together["adapters"])
+  np.testing.assert_allclose(out["final"]["accuracy"],
+                             together["stages"]["accuracy"][:, -1], atol=1e-6)
+  for name, values in out["zero_shot"].items():
+    np.testing.assert_allclose(values, together["zero_shot"][name],
+                               rtol=1e-5, atol=1e-6)
+  for name, values in out["final"].items():
+    np.testing.assert_allclose(values, together["stages"][name][:, -1],
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_skipping_clean_pass_in_stage2_is_exact(model, engine, batch):
@@ -220,17 +261,21 @@ SHARDED_SCRIPT = textwrap.dedent("""
     from jaxfsl.protocols.episodic.engine import EpisodeEngine, episode_keys
     model = tiny_model()
     batch = make_batch(model, NUM_EPISODES)
-    out = EpisodeEngine(model, config()).run_batch(
-        batch, episode_keys(0, np.arange(NUM_EPISODES)))
+    engine = EpisodeEngine(model, config())
+    out = engine.run_batch(batch, episode_keys(0, np.arange(NUM_EPISODES)),
+                           return_adapters=True)
+    evaluated = engine.evaluate_adapters(batch, out["adapters"])
     print(json.dumps({{"devices": jax.device_count(),
                       "accuracy": out["stages"]["accuracy"].tolist(),
-                      "total": out["losses"]["total"].tolist()}}))
+                      "total": out["losses"]["total"].tolist(),
+                      "evaluated": evaluated["final"]["accuracy"].tolist()}}))
 """)
 
 
 def test_sharded_over_four_devices_equals_one(together):
   """The same batch on 4 simulated CPU devices (a subprocess: the device
-  count is fixed when JAX starts) equals this process's single device."""
+  count is fixed when JAX starts) equals this process's single device, for
+  training and for evaluate_adapters."""
   assert jax.device_count() == 1
   env = dict(os.environ)
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
@@ -246,14 +291,22 @@ def test_sharded_over_four_devices_equals_one(together):
                              atol=1e-5)
   np.testing.assert_allclose(four["total"], together["losses"]["total"],
                              rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(four["evaluated"],
+                             together["stages"]["accuracy"][:, -1], atol=1e-5)
 
 
 def test_stage_ends_and_window():
   cfg = EngineConfig(steps=250)
   assert config().window == (0, 3) and config().stage_ends == (1, 2, 3, 4, 5)
   assert cfg.stage_ends == (50, 100, 150, 200, 250)
-  assert cfg.window == (0, 150)
+  assert cfg.window == (0, 150) and cfg.window_end == 150
   last = dataclasses.replace(cfg, method=MethodConfig(timing="last"))
   assert last.window == (100, 250)
-  with pytest.raises(ValueError, match="variant"):
+  for t, end in ((12, 6), (22, 12), (125, 75), (250, 150)):
+    assert EngineConfig(steps=t).window == (0, end)
+  last22 = EngineConfig(steps=22, method=MethodConfig(timing="last"))
+  assert last22.window == (10, 22)
+  with pytest.raises(ValueError, match="method.variant"):
     MethodConfig(variant="bogus")
+  with pytest.raises(ValueError, match="way.*steps"):
+    EngineConfig(way=0, steps=0)

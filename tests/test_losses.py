@@ -1,11 +1,12 @@
-"""Tests for jaxfsl.losses against float64 numpy references written here."""
+"""Tests for jaxfsl.method.losses (and the gradient decomposition of
+jaxfsl.method.metrics) against float64 numpy references written here."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfsl.method import losses
+from jaxfsl.method import losses, metrics
 
 WAY = 5
 DIM = 32
@@ -187,45 +188,6 @@ def test_sample_shuffled_slots():
   assert np.any([np.unique(d // 5).size < WAY for d in draws])
 
 
-# -------------------------------------------------------------- fuse weight
-
-
-def test_fuse_weight_release_schedule():
-  t = 250  # floor(0.6 * 250) = 150 stage-1 steps
-  assert losses.stage1_steps(t) == 150
-  np.testing.assert_allclose(losses.fuse_weight(0, t), 1.0)
-  np.testing.assert_allclose(losses.fuse_weight(75, t), 0.5, rtol=1e-6)
-  np.testing.assert_allclose(losses.fuse_weight(149, t), 1.0 - 149 / 150,
-                             rtol=1e-5)
-  np.testing.assert_allclose(losses.fuse_weight(150, t), 0.0)
-  np.testing.assert_allclose(losses.fuse_weight(249, t), 0.0)
-  steps = jnp.arange(t)
-  got = jax.jit(jax.vmap(lambda k: losses.fuse_weight(k, t)))(steps)
-  want = np.maximum(0.0, 1.0 - np.arange(t) / 150)
-  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
-  assert got.dtype == jnp.float32
-
-
-def test_fuse_weight_floor_and_fraction():
-  # 0.6 * 7 = 4.2 -> 4 stage-1 steps.
-  assert losses.stage1_steps(7) == 4
-  np.testing.assert_allclose(losses.fuse_weight(2, 7), 0.5)
-  np.testing.assert_allclose(losses.fuse_weight(3, 7), 0.25)
-  np.testing.assert_allclose(losses.fuse_weight(4, 7), 0.0)
-  # ChestX 1-shot: T = 125 -> 75.
-  np.testing.assert_allclose(losses.fuse_weight(74, 125), 1 / 75, rtol=1e-5)
-  np.testing.assert_allclose(losses.fuse_weight(25, 100, 0.5), 0.5)
-  # Empty stage 1: weight 0 rather than a division by zero.
-  np.testing.assert_allclose(losses.fuse_weight(0, 1), 0.0)
-  # Traced T (the engine passes a stage window's length under jit).
-  traced = jax.jit(losses.fuse_weight, static_argnums=2)
-  np.testing.assert_allclose(traced(2, 7, 0.6), 0.5)
-  np.testing.assert_allclose(traced(149, 250, 0.6), 1.0 - 149 / 150,
-                             rtol=1e-5)
-  np.testing.assert_allclose(traced(30, 150, 1.0), 0.8, rtol=1e-6)
-  np.testing.assert_allclose(traced(0, 1, 0.6), 0.0)
-
-
 # ----------------------------------------------------------- relation align
 
 
@@ -311,7 +273,7 @@ def test_decompose_vlm_gradient(shot, n, m):
   f, g, t, y, y0 = episode(50 + shot, n, m)
   protos = np_class_means(g, y0, WAY)
   scale = 20.0  # keeps softmax away from saturation so both parts matter
-  decompose = jax.jit(losses.decompose_vlm_gradient, static_argnums=4)
+  decompose = jax.jit(metrics.decompose_vlm_gradient, static_argnums=4)
   grad = jax.jit(jax.grad(losses.vlm_loss), static_argnums=3)
   parts = decompose(f, t, y, protos, scale)
 
@@ -343,7 +305,7 @@ def test_decompose_vlm_gradient(shot, n, m):
 def test_decompose_vlm_gradient_prototypes_equal_text():
   f, _, t, y, _ = episode(60, 25, 5)
   # Prototypes along the text features: everything is "visual".
-  parts = losses.decompose_vlm_gradient(f, t, y, 2.0 * t)
+  parts = metrics.decompose_vlm_gradient(f, t, y, 2.0 * t)
   np.testing.assert_allclose(parts.cross_modal, 0.0, atol=1e-6)
   np.testing.assert_allclose(parts.visual, jax.grad(losses.vlm_loss)(f, t, y),
                              rtol=1e-4, atol=1e-7)

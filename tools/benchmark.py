@@ -5,7 +5,8 @@ r"""Times the episode engine's training step; prints one JSON line.
 
 Fields: ``step_seconds`` (median seconds of one step of the whole batch of
 E episodes, stage 1: every loss term on), ``episodes_per_batch``,
-``images_per_second``, ``episodes_per_hour`` (at T = 250 * shot steps),
+``images_per_second``, ``episodes_per_hour`` (at T = epochs * shot steps,
+configs/base.py),
 ``tflops_per_second`` and ``mfu`` (model FLOPs of forward + backward, see
 ``jaxfsl.benchmarking``; ``mfu`` is None where the device's peak is
 unknown, e.g. CPUs), ``compile_seconds``, ``peak_memory_bytes`` (device peak
@@ -13,7 +14,9 @@ bytes in use, or the process's max RSS on CPU), ``compiled_memory`` (XLA's
 temp/argument buffer sizes of the step), ``episode_state_bytes``,
 ``backbone_bytes``, ``device_kind``, ``device_count``; with
 ``--against torch`` also ``torch_step_seconds`` and ``speedup_vs_torch``
-(episodes per second, jaxfsl / torch), timed interleaved in this process.
+(episodes per second, jaxfsl / torch), timed interleaved in this process,
+and ``speedup_caveat`` when the model is too small for the ratio to mean
+anything. The PyTorch step is ``tools/torch_reference.py``.
 
 XLA flags are read when JAX starts: set ``XLA_FLAGS`` in the environment.
 """
@@ -21,11 +24,14 @@ XLA flags are read when JAX starts: set ``XLA_FLAGS`` in the environment.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import sys
 
 from jaxfsl import benchmarking
-from jaxfsl.protocols.episodic.engine import VARIANTS
+from jaxfsl.method.objective import VARIANTS
+from jaxfsl.trainables import available as available_trainables
 
 
 def parse(argv=None) -> tuple[benchmarking.BenchmarkConfig, bool]:
@@ -43,6 +49,8 @@ def parse(argv=None) -> tuple[benchmarking.BenchmarkConfig, bool]:
   p.add_argument("--dtype", choices=("float32", "bfloat16"),
                  default="float32")
   p.add_argument("--variant", choices=VARIANTS, default="svl_ra")
+  p.add_argument("--trainable", choices=available_trainables(),
+                 default="lora", help="what is fine-tuned (config.trainable)")
   p.add_argument("--against", choices=("torch",), default=None,
                  help="also time the PyTorch reference step (needs torch "
                  "and transformers)")
@@ -68,7 +76,8 @@ def parse(argv=None) -> tuple[benchmarking.BenchmarkConfig, bool]:
   config = benchmarking.BenchmarkConfig(
       model=args.model, shot=args.shot,
       episodes_per_batch=args.episodes_per_batch, steps=args.steps,
-      dtype=args.dtype, variant=args.variant, against=args.against,
+      dtype=args.dtype, variant=args.variant, trainable=args.trainable,
+      against=args.against,
       time_stage2=args.time_stage2, engine_options=options,
       warmup=args.warmup, compile_only=args.compile_only, seed=args.seed,
       torch_threads=args.torch_threads)
@@ -87,11 +96,25 @@ def _literal(value: str):
   return value
 
 
+def torch_reference():
+  """``tools/torch_reference.py``'s step class (imports torch when built)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                      "torch_reference.py")
+  spec = importlib.util.spec_from_file_location("jaxfsl_torch_reference",
+                                                path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.TorchReferenceStep
+
+
 def main(argv=None) -> dict:
   config, quiet = parse(argv)
   log = None if quiet else (lambda msg: print(msg, file=sys.stderr,
                                                flush=True))
-  report = benchmarking.run(config, log=log)
+  reference = torch_reference() if config.against == "torch" else None
+  report = benchmarking.run(config, log=log, reference=reference)
+  if "speedup_caveat" in report and not quiet:
+    print(f"note: {report['speedup_caveat']}", file=sys.stderr, flush=True)
   print(json.dumps(report), flush=True)
   return report
 

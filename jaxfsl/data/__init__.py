@@ -9,7 +9,7 @@ then, in the main job:
 
     ds = jaxfsl.data.load_dataset("eurosat", "~/jaxfsl_data")
     sampler = jaxfsl.data.EpisodeSampler(ds, way=5, shot=1, query=15, seed=0,
-                                         image_size=model.image_size)
+                                         image_size=model.config.vision.image_size)
     for batch in jaxfsl.data.iterate_batches(sampler, range(800), 4):
       ...  # uint8 pixels; normalise on device with the checkpoint's mean/std
 

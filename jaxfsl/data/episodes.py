@@ -1,6 +1,7 @@
 """Episodic sampler: episode i is a pure function of (seed, i, dataset).
 
-    sampler = EpisodeSampler(dataset, way=5, shot=1, query=15, seed=0)
+    sampler = EpisodeSampler(dataset, way=5, shot=1, query=15, seed=0,
+                             image_size=224)
     ep = sampler.episode(37)   # same arrays whatever ran before, any process
 
 Episode ``i`` uses its own generator,

@@ -1,6 +1,6 @@
 """Per-episode fine-tuning losses on L2-normalised features (pure ``jnp``).
 
-Notation shared by every function here (see METHOD.md, "Fine-tuning one
+Notation shared by every function here (see docs/method.md, "Fine-tuning one
 episode"):
 
 * ``f``  [N, D]: L2-normalised features of the augmented support views, labels
@@ -18,18 +18,17 @@ features are upcast) and returns a float32 scalar. The feature matmuls run at
 f32 matmul precision on GPU/TPU (TF32/bf16 passes) would perturb cosines by
 ~1e-3, i.e. logits by ~0.1 once multiplied by the scale of 100.
 
-The functions are atomic on purpose: the training engine weights and combines
-them (stage 1: ``L_vlm + 0.1 L_ad + 3 L_ra``; stage 2: ``L_vlm``).
+The functions are atomic on purpose: ``jaxfsl.method.objective`` says which
+terms a variant uses, when, and weights and sums them (stage 1:
+``L_vlm + 0.1 L_ad + 3 L_ra``; stage 2: ``L_vlm``); RA's fuse weight p_k is
+``objective.fuse_weight``. The gradient decomposition of L_vlm is in
+``jaxfsl.method.metrics``.
 """
 
 from __future__ import annotations
 
-import math
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 Array = jax.Array
@@ -166,43 +165,6 @@ def anti_visual_loss(
   return _cross_entropy(scale * _cosines(f, w), labels)
 
 
-def stage1_steps(total_steps: int, stage1_fraction: float = 0.6) -> int:
-  """floor(stage1_fraction * total_steps): steps k < this are stage 1."""
-  return int(math.floor(stage1_fraction * total_steps))
-
-
-def fuse_weight(
-    step: ArrayLike,
-    total_steps: int,
-    stage1_fraction: float = 0.6,
-) -> Array:
-  """p_k = max(0, 1 - k / floor(stage1_fraction * T)) for RA's fused target.
-
-  Falls linearly from 1 at k = 0 to 0 at the end of stage 1 and stays 0. With
-  T = 250: stage 1 has 150 steps, p_149 = 1/150, p_150 = 0. If stage 1 is empty
-  (floor(...) == 0) the weight is 0.
-
-  Args:
-    step: k, int or float scalar; may be traced.
-    total_steps: T, int; may be traced too (the floor is then taken in
-      float32, exact for any realistic T).
-    stage1_fraction: length of stage 1 as a fraction of T (static).
-
-  Returns:
-    float32 scalar in [0, 1].
-  """
-  if isinstance(total_steps, (int, np.integer)):
-    # Python float64 floor, as the release's int(0.6 * T).
-    n = stage1_steps(int(total_steps), stage1_fraction)
-    if n <= 0:
-      return jnp.zeros((), jnp.float32)
-    n = jnp.float32(n)
-  else:
-    n = jnp.floor(stage1_fraction * _f32(total_steps))
-  p = 1.0 - _f32(step) / jnp.maximum(n, 1.0)
-  return jnp.where(n > 0, jnp.maximum(p, 0.0), 0.0)
-
-
 def _relation_targets(
     text_feats: ArrayLike, labels: ArrayLike, clean_labels: ArrayLike) -> Array:
   """A_t = (t t^T)[y][:, y0]: text-side class relations, float32 [N, M]."""
@@ -229,7 +191,8 @@ def relation_alignment_loss(
   * ``form="release"`` (default): ``mean_{i,j} exp(F_ij) * (F_ij - A_v_ij)``,
     the mean over all N*M entries; this is what the release computes with
     ``F.kl_div(A_v, F, log_target=True, reduction='mean')``, treating both
-    cosine matrices as log-probabilities (it is not a proper KL).
+    cosine matrices as log-probabilities (it is not a proper KL, and it
+    can be negative: nothing makes exp(F) a distribution).
   * ``form="softmax_kl"`` (the paper's D_KL(A_v || A_fuse)): with
     ``P_i = softmax(A_v_i)`` and ``Q_i = softmax(F_i)`` over each row (no
     temperature), ``(1/N) sum_i sum_j P_ij (log P_ij - log Q_ij)``.
@@ -247,8 +210,8 @@ def relation_alignment_loss(
     labels: y, int [N].
     clean_labels: y0, int [M].
     prev_relation: A_v of the previous step, float [N, M].
-    fuse_weight: p, float scalar in [0, 1] (see ``fuse_weight``); may be
-      traced.
+    fuse_weight: p, float scalar in [0, 1] (``objective.fuse_weight``);
+      may be traced.
     form: "release" or "softmax_kl" (static).
 
   Returns:
@@ -268,70 +231,3 @@ def relation_alignment_loss(
     log_q = jax.nn.log_softmax(target, axis=-1)
     loss = jnp.mean(jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1))
   return loss, jax.lax.stop_gradient(a_v)
-
-
-class VlmGradientParts(NamedTuple):
-  """Split of dL_vlm/df_i; ``visual + cross_modal`` is the full gradient.
-
-  Attributes:
-    visual: float32 [N, D], the part along the class visual prototypes.
-    cross_modal: float32 [N, D], the rest.
-    visual_norm: float32 [N], L2 norm of each row of ``visual``.
-    cross_modal_norm: float32 [N], L2 norm of each row of ``cross_modal``.
-  """
-
-  visual: Array
-  cross_modal: Array
-  visual_norm: Array
-  cross_modal_norm: Array
-
-
-def decompose_vlm_gradient(
-    image_feats: ArrayLike,
-    text_feats: ArrayLike,
-    labels: ArrayLike,
-    prototypes: ArrayLike,
-    scale: float = 100.0,
-) -> VlmGradientParts:
-  """Splits the gradient of L_vlm on each image feature (the paper's analysis).
-
-  With ``P = softmax(scale * f t^T)`` [N, way] and ``Y = one_hot(y)``, the
-  gradient of ``vlm_loss`` (mean CE) w.r.t. row i of f, taken as a free
-  variable (i.e. after L2 normalisation, not through it), is
-  ``G_i = (1/N) sum_c (P_ic - Y_ic) * scale * t_c``.
-  Write ``t_c = a_c mu_c + r_c`` with ``mu_c = l2n(prototype_c)`` and
-  ``a_c = <t_c, mu_c>``, so ``r_c`` is orthogonal to ``mu_c``. Then
-
-  * ``visual_i = (1/N) sum_c (P_ic - Y_ic) * scale * a_c mu_c``: pulls f_i
-    toward its own class prototype and away from the others (visual learning);
-  * ``cross_modal_i = (1/N) sum_c (P_ic - Y_ic) * scale * r_c``: the rest.
-
-  Args:
-    image_feats: f, float [N, D], L2-normalised.
-    text_feats: t, float [way, D], L2-normalised.
-    labels: y, int [N] in [0, way).
-    prototypes: class visual prototypes (class means), float [way, D]; they
-      are L2-normalised here.
-    scale: logit scale.
-
-  Returns:
-    ``VlmGradientParts`` of float32 arrays.
-  """
-  f = _f32(image_feats)
-  t = _f32(text_feats)
-  way = t.shape[0]
-  probs = jax.nn.softmax(scale * _cosines(f, t), axis=-1)
-  one_hot = jax.nn.one_hot(jnp.asarray(labels), way, dtype=jnp.float32)
-  coeff = (probs - one_hot) * (scale / f.shape[0])
-  mu = l2_normalize(_f32(prototypes))
-  along = jnp.sum(t * mu, axis=-1, keepdims=True) * mu
-  rest = t - along
-  hi = jax.lax.Precision.HIGHEST
-  visual = jnp.matmul(coeff, along, precision=hi)
-  cross_modal = jnp.matmul(coeff, rest, precision=hi)
-  return VlmGradientParts(
-      visual=visual,
-      cross_modal=cross_modal,
-      visual_norm=jnp.linalg.norm(visual, axis=-1),
-      cross_modal_norm=jnp.linalg.norm(cross_modal, axis=-1),
-  )

@@ -6,8 +6,9 @@ attention module and holds, per target projection ``t`` in q, k, v, o::
   {tower}/blocks_{i}/attn/{t}/a   float32 [W, r]  ~ U(-1/sqrt(W), 1/sqrt(W))
   {tower}/blocks_{i}/attn/{t}/b   float32 [r, W]  zeros
 
-(tower ``img`` or ``txt``). It is passed to ``TwoTowers.apply`` as the
-``"lora"`` collection; the projection becomes
+(tower ``img`` or ``txt``). ``LoraTrainable`` (``config.trainable = "lora"``)
+is its ``jaxfsl.trainables.base.Trainable``. It is passed to
+``TwoTowers.apply`` as the ``"lora"`` collection; the projection becomes
 ``x @ W + scaling * dropout(x) @ a @ b``. Blocks and towers not in the tree run
 frozen. Nothing here copies the backbone: a batch of episodes is a tree with a
 leading episode axis on every leaf, vmapped against one shared backbone.
@@ -17,15 +18,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
 from jaxfsl.models.config import ModelConfig
-from jaxfsl.models.layers import LORA_TARGETS
+from jaxfsl.models.layers import LORA_COLLECTION, LORA_TARGETS
+from jaxfsl.trainables.base import Trainable, register
 
 Towers = Literal["vision", "text", "both"]
 BLOCK_PRESETS = ("all", "bottom", "mid", "up", "half-up", "half-bottom")
@@ -61,22 +63,29 @@ class LoraConfig:
     object.__setattr__(self, "targets", tuple(self.targets))
     if not isinstance(self.blocks, str):
       object.__setattr__(self, "blocks", tuple(int(i) for i in self.blocks))
-    if self.rank < 1:
-      raise ValueError(f"lora rank must be >= 1, got {self.rank}")
-    if not 0.0 <= self.dropout < 1.0:
-      raise ValueError(f"lora dropout must be in [0, 1), got {self.dropout}")
+    errors = []
+    if isinstance(self.rank, bool) or not isinstance(self.rank, int) or (
+        self.rank < 1):
+      errors.append(f"lora.rank {self.rank!r}: expected an integer >= 1")
+    if not isinstance(self.alpha, (int, float)) or not math.isfinite(
+        self.alpha) or self.alpha <= 0:
+      errors.append(f"lora.alpha {self.alpha!r}: expected a number > 0")
+    if not isinstance(self.dropout, (int, float)) or not (
+        0.0 <= self.dropout < 1.0):
+      errors.append(f"lora.dropout {self.dropout!r}: expected a number in "
+                    "[0, 1)")
     bad = [t for t in self.targets if t not in LORA_TARGETS]
     if bad or not self.targets:
-      raise ValueError(
-          f"lora targets {tuple(self.targets)!r}: expected a non-empty subset "
-          f"of {LORA_TARGETS}")
+      errors.append(f"lora.targets {tuple(self.targets)!r}: expected a "
+                    f"non-empty subset of {LORA_TARGETS}")
     if self.towers not in _TOWER_KEYS:
-      raise ValueError(
-          f"lora towers {self.towers!r}: expected vision, text or both")
+      errors.append(f"lora.towers {self.towers!r}: expected vision, text or "
+                    "both")
     if isinstance(self.blocks, str) and self.blocks not in BLOCK_PRESETS:
-      raise ValueError(
-          f"lora blocks {self.blocks!r}: expected one of {BLOCK_PRESETS} or a "
-          "list of block indices")
+      errors.append(f"lora.blocks {self.blocks!r}: expected one of "
+                    f"{BLOCK_PRESETS} or a list of block indices")
+    if errors:
+      raise ValueError("; ".join(errors))
 
   @property
   def scaling(self) -> float:
@@ -191,3 +200,62 @@ def merge_lora(backbone: dict, adapters: Adapters) -> dict:
 def count_params(tree) -> int:
   """Number of scalars in a pytree."""
   return sum(int(x.size) for x in jax.tree_util.tree_leaves(tree))
+
+
+_TOWER_NAMES = {"vision": frozenset({"vision"}), "text": frozenset({"text"}),
+                "both": frozenset({"vision", "text"})}
+
+
+@register("lora")
+class LoraTrainable(Trainable):
+  """LoRA as a ``Trainable``: the tree ``init_lora(...).params`` in the
+  ``"lora"`` collection, read by the attention layers' q/k/v/o projections.
+
+  Args:
+    config: where and how to adapt.
+  """
+
+  name = "lora"
+  collection = LORA_COLLECTION
+
+  def __init__(self, config: LoraConfig | None = None):
+    self.config = LoraConfig() if config is None else config
+
+  @classmethod
+  def from_config(cls, block: Any) -> LoraTrainable:
+    """From a ``LoraConfig``, a mapping / ConfigDict of its fields (the
+    config's ``lora`` block; blocks may be "0,1,2"), or None (defaults)."""
+    if block is None or isinstance(block, LoraConfig):
+      return cls(block)
+    if hasattr(block, "to_dict"):
+      block = block.to_dict()
+    if not isinstance(block, Mapping):
+      raise TypeError(f"lora settings must be a LoraConfig or a mapping, got "
+                      f"{type(block).__name__}")
+    fields = dict(block)
+    unknown = sorted(set(fields) - {f.name for f in
+                                    dataclasses.fields(LoraConfig)})
+    if unknown:
+      raise ValueError(f"unknown lora keys {unknown}")
+    blocks = fields.get("blocks")
+    if isinstance(blocks, str) and blocks not in BLOCK_PRESETS and (
+        blocks.replace(",", "").replace(" ", "").isdigit()):
+      fields["blocks"] = tuple(int(i) for i in blocks.split(",") if i.strip())
+    return cls(LoraConfig(**fields))
+
+  @property
+  def towers(self) -> frozenset[str]:
+    return _TOWER_NAMES[self.config.towers]
+
+  def init(self, rng: jax.Array, backbone_params: dict,
+           model_config: ModelConfig | None = None) -> dict:
+    """``init_lora(rng, backbone_params, config).params``: A uniform, B 0."""
+    return init_lora(rng, backbone_params, self.config, model_config).params
+
+  def module_kwargs(self) -> dict[str, Any]:
+    return {"lora_scaling": self.config.scaling,
+            "lora_dropout": self.config.dropout}
+
+  @property
+  def stochastic(self) -> bool:
+    return self.config.dropout > 0.0

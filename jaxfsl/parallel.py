@@ -1,0 +1,139 @@
+"""Episodes over devices and hosts: the mesh, shardings, put and gather.
+
+Every program jaxfsl runs over a batch of episodes has the same layout: one
+shared, replicated backbone and a leading episode axis E on everything else,
+sharded over the first axis of a device mesh. On one host the caller passes
+numpy arrays with all E episodes. On several hosts
+(``jax.distributed.initialize()``) each host passes only its own
+E / process_count episodes (``put_episodes`` assembles the global arrays)
+and receives the results of all E (``gather``).
+
+This is the only module that builds shardings or moves episode arrays
+between hosts; the engine, the eval-only path and the benchmark use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+EPISODE_AXIS = "episodes"
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh over ``devices`` (default: every device of every host)
+  whose axis ``EPISODE_AXIS`` carries episodes."""
+  devices = jax.devices() if devices is None else list(devices)
+  return Mesh(np.asarray(devices), (EPISODE_AXIS,))
+
+
+def episode_axis(mesh: Mesh) -> str:
+  """The mesh axis episodes are sharded over: its first one."""
+  return mesh.axis_names[0]
+
+
+def episode_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading axis split over the episode axis, the rest replicated."""
+  return NamedSharding(mesh, PartitionSpec(episode_axis(mesh)))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """The same full array on every device (the shared backbone)."""
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def episodes_per_host_multiple(mesh: Mesh) -> int:
+  """This host's episode count must be a multiple of this (its devices on
+  the episode axis)."""
+  return max(1, mesh.shape[episode_axis(mesh)] // jax.process_count())
+
+
+def check_episode_count(num_episodes: int, mesh: Mesh) -> None:
+  """Raises ValueError if this host's ``num_episodes`` cannot be split."""
+  devices = episodes_per_host_multiple(mesh)
+  if num_episodes % devices:
+    raise ValueError(
+        f"a batch of {num_episodes} episodes cannot be split over {devices} "
+        "devices; use a multiple (pad the last batch)")
+
+
+def jit_episodes(fn: Callable[..., Any], mesh: Mesh, shared: Sequence[bool],
+                 *, donate_argnums: Sequence[int] = (),
+                 compiler_options: dict | None = None) -> Callable[..., Any]:
+  """``jax.jit(fn)`` with the episode layout.
+
+  Args:
+    fn: a function of ``len(shared)`` positional arguments whose outputs
+      all have a leading episode axis.
+    mesh: the device mesh.
+    shared: per argument, True for a replicated one (the backbone, a step
+      index), False for one with a leading episode axis.
+    donate_argnums: forwarded to ``jax.jit``.
+    compiler_options: forwarded to ``jax.jit``.
+
+  Returns:
+    The jitted function (call it with ``put_episodes``' arrays on several
+    hosts, with numpy arrays or device arrays on one).
+  """
+  episodes, full = episode_sharding(mesh), replicated(mesh)
+  return jax.jit(fn, in_shardings=tuple(full if s else episodes
+                                        for s in shared),
+                 out_shardings=episodes, donate_argnums=tuple(donate_argnums),
+                 compiler_options=compiler_options)
+
+
+def _host_array(x: Any) -> np.ndarray:
+  dtype = getattr(x, "dtype", None)
+  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)  # typed keys travel as their raw data
+  return np.asarray(x)
+
+
+def put_episodes(tree: Any, mesh: Mesh) -> Any:
+  """This host's episodes -> global arrays sharded over the episode axis.
+
+  One host: numpy copies of the leaves (``jit`` places them). Several
+  hosts: ``jax.make_array_from_process_local_data``, each host
+  contributing its slice (in process order). Typed PRNG keys are passed as
+  their raw key data.
+
+  Args:
+    tree: pytree of arrays with a leading (host-local) episode axis.
+    mesh: the device mesh.
+  """
+  tree = jax.tree_util.tree_map(_host_array, tree)
+  if jax.process_count() == 1:
+    return tree
+  sharding = episode_sharding(mesh)
+  return jax.tree_util.tree_map(
+      lambda x: jax.make_array_from_process_local_data(sharding, x), tree)
+
+
+def gather(tree: Any) -> Any:
+  """Episode-sharded outputs -> numpy with all E episodes, on every host."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def run_episodes(fn: Callable[..., Any], mesh: Mesh, shared: Any,
+                 *episode_args: Any) -> Any:
+  """``gather(fn(shared, *put_episodes(episode_args)))``.
+
+  Args:
+    fn: from ``jit_episodes(..., shared=(True, False, ...))``.
+    mesh: the device mesh.
+    shared: the replicated first argument (the backbone).
+    *episode_args: pytrees with a leading host-local episode axis.
+
+  Returns:
+    numpy outputs with every host's episodes.
+  """
+  args = put_episodes(episode_args, mesh)
+  return gather(fn(shared, *args))

@@ -1,0 +1,121 @@
+"""``EngineConfig``: everything static about an episode program."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from jaxfsl.method.objective import (
+    MethodConfig,
+    active_window,
+    evaluation_steps,
+)
+from jaxfsl.optim import OptimConfig
+from jaxfsl.protocols.episodic.batch import NUM_VIEWS
+from jaxfsl.trainables.lora import LoraConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+  """Everything static about an episode program.
+
+  Attributes:
+    way, shot, query: episode shape.
+    steps: T, total optimisation steps (the release: epochs * shot).
+    method: loss terms, weights, extra-terms window (``MethodConfig``).
+    optim: AdamW and its schedule (``OptimConfig``).
+    lora: LoRA settings, used when ``trainable`` is "lora" and
+      ``trainable_config`` is None.
+    trainable: what is fine-tuned (``config.trainable``; see
+      ``jaxfsl.trainables.available()``).
+    trainable_config: the settings block of a non-LoRA trainable (its
+      dataclass or a mapping), given to ``get_trainable``.
+    logit_scale: multiplier of cosine logits in every loss and in
+      evaluation; a float (the release: 100 for every backbone) or
+      "checkpoint" to use the model's learned temperature. (A SigLIP bias
+      adds the same constant to every class logit, so it changes neither the
+      softmax losses nor the argmax and is not needed here.)
+    remat: rematerialise transformer blocks in the backward pass.
+    skip_clean_pass_in_stage2: outside the extra-terms window the clean
+      support pass feeds no loss; skipping it is exact and saves M of N + M
+      images per step, at the price of compiling a second step body.
+    num_views: V, augmented views per support image.
+    clean_from_views: opt-in, not the release: take the clean support
+      features g from the augmented pass (view 0 is the identity view of
+      the same images, rows [0, M) of the views) instead of a second pass
+      with its own dropout masks. Saves M of N + M images per window step;
+      g then shares view 0's dropout masks, so results differ from the
+      release's beyond rounding.
+    cpu_tuning: on CPU devices, compile with ``CPU_COMPILER_OPTIONS``
+      (faster, rounding-level differences only); options already set in
+      ``XLA_FLAGS`` are left to it. No effect on GPU/TPU.
+
+  Raises:
+    ValueError: naming every bad field at once.
+  """
+
+  way: int = 5
+  shot: int = 1
+  query: int = 15
+  steps: int = 250
+  method: MethodConfig = MethodConfig()
+  optim: OptimConfig = OptimConfig()
+  lora: LoraConfig = LoraConfig()
+  trainable: str = "lora"
+  trainable_config: Any = None
+  logit_scale: float | str = 100.0
+  remat: bool = False
+  skip_clean_pass_in_stage2: bool = True
+  num_views: int = NUM_VIEWS
+  clean_from_views: bool = False
+  cpu_tuning: bool = True
+
+  def __post_init__(self):
+    errors = []
+    for name in ("way", "shot", "query", "steps", "num_views"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+          or value < 1:
+        errors.append(f"{name} {value!r}: expected an integer >= 1")
+    if isinstance(self.logit_scale, str) and self.logit_scale != "checkpoint":
+      errors.append(f"logit_scale {self.logit_scale!r}: expected a number "
+                    "or 'checkpoint'")
+    if errors:
+      raise ValueError("; ".join(errors))
+
+  @property
+  def window(self) -> tuple[int, int]:
+    """[start, end) steps where the method's extra terms are active."""
+    return active_window(self.steps, self.method)
+
+  @property
+  def window_end(self) -> int:
+    """The first step after the extra-terms window (for plots)."""
+    return self.window[1]
+
+  @property
+  def evaluation_steps(self) -> tuple[int, ...]:
+    """Steps after which the queries are evaluated: (f, 2f, 3f, 4f, T)."""
+    return evaluation_steps(self.steps)
+
+  stage_ends = evaluation_steps
+
+  @property
+  def terms(self) -> tuple[str, ...]:
+    """The loss terms reported (and summed) for this variant."""
+    return self.method.terms
+
+  @property
+  def trainable_block(self) -> Any:
+    """The settings given to ``get_trainable(self.trainable, ...)``."""
+    if self.trainable_config is None and self.trainable == "lora":
+      return self.lora
+    return self.trainable_config
+
+
+def steps_for(epochs: int, shot: int) -> int:
+  """The release's T = epochs * shot (one step per support image per epoch,
+  full batch)."""
+  return int(epochs) * int(shot)
