@@ -71,6 +71,7 @@ def test_notebook_runs_in_cpu_mode(path, kernel_env, tmp_path, monkeypatch):
   monkeypatch.delenv("MPLBACKEND", raising=False)
   nb = nbformat.read(path, as_version=4)
   client = NotebookClient(nb, kernel_name="python3", timeout=900,
+                          startup_timeout=300,
                           resources={"metadata": {"path": str(tmp_path)}})
   client.execute()  # Raises CellExecutionError naming the failing cell.
   assert image_outputs(nb) >= MUST_PLOT[path.stem], (
