@@ -9,6 +9,7 @@ Public entry points::
   jaxfsl.trainables                   # LoRA (the Trainable interface)
   jaxfsl.protocols.episodic           # vmapped, sharded per-episode engine
   jaxfsl.data                         # TFDS builders, episodes, augmentations
+  jaxfsl.import_adapters(path, model) # PEFT folder / release .pt / npz
 
 Submodules are imported on first use (PEP 562), so ``import jaxfsl`` and
 loading a config file (``jaxfsl.configs``) do not import JAX.
@@ -39,6 +40,9 @@ _LAZY = {
     "LoraConfig": ("jaxfsl.trainables", "LoraConfig"),
     "init_lora": ("jaxfsl.trainables", "init_lora"),
     "merge_lora": ("jaxfsl.trainables", "merge_lora"),
+    "interop": ("jaxfsl.interop", None),
+    "import_adapters": ("jaxfsl.interop", "import_adapters"),
+    "export_adapters": ("jaxfsl.interop", "export_adapters"),
 }
 
 

@@ -126,8 +126,14 @@ def main(argv: Sequence[str]) -> int:
               else py_logging.NullHandler())
   logging.info("jaxfsl.main %s", " ".join(sys.argv[1:]))
   try:
-    experiment.run(_CONFIG.value, workdir,
-                   restart=_RESTART.value or _CONFIG.value.restart)
+    restart = _RESTART.value or _CONFIG.value.restart
+    if _CONFIG.value.get("seeds"):
+      # One sub-job per seed in WORKDIR/seed_<s>, then a seeds summary.
+      from jaxfsl.protocols.episodic import seeds
+
+      seeds.run_seeds(_CONFIG.value, workdir, restart=restart)
+    else:
+      experiment.run(_CONFIG.value, workdir, restart=restart)
   except (experiment.UserError, DataError, CheckpointError,
           FileNotFoundError) as e:
     # Problems the user can fix: the message, no traceback (on stderr once,
