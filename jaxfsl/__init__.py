@@ -3,7 +3,8 @@ models in JAX/Flax ("Mind the Discriminability Trap", CVPR 2026).
 
 Public entry points::
 
-  jaxfsl.load_model(path)             # HF folder, big_vision .npz, OpenAI .pt
+  jaxfsl.load_model(path)             # HF folder, big_vision .npz, OpenAI .pt,
+                                      # PE-Core (.pt, open_clip, timm)
   jaxfsl.build("tiny-clip")           # random-init model from a preset
   jaxfsl.method                       # L_vlm, SVL, RA, FT+L_v, metrics
   jaxfsl.trainables                   # LoRA (the Trainable interface)
@@ -46,16 +47,16 @@ _LAZY = {
 }
 
 
-def load_model(path: str, tokenizer: str | None = None, dtype: Any = None
-               ) -> Any:
-  """Loads a checkpoint (HF folder, big_vision .npz, OpenAI .pt) as a Model.
+def load_model(path: str, tokenizer: str | None = None, dtype: Any = None,
+               **options: Any) -> Any:
+  """Loads a checkpoint (HF, big_vision, OpenAI, PE-Core) as a Model.
 
   See ``jaxfsl.checkpoints.load_model``.
   """
   from jaxfsl.checkpoints import load_model as _load
 
   kwargs = {} if dtype is None else {"dtype": dtype}
-  return _load(path, tokenizer=tokenizer, **kwargs)
+  return _load(path, tokenizer=tokenizer, **kwargs, **options)
 
 
 def __getattr__(name: str) -> Any:

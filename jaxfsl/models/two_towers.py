@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import flax.linen as nn
@@ -47,8 +48,9 @@ class TwoTowers(nn.Module):
   def setup(self):
     kw = dict(dtype=self.dtype, lora_scaling=self.lora_scaling,
               lora_dropout=self.lora_dropout, remat=self.remat)
-    self.img = VisionTower(self.config.vision, **kw)
-    self.txt = TextTower(self.config.text, **kw)
+    self.img = _tower(self.config.vision, VisionTower)(self.config.vision,
+                                                      **kw)
+    self.txt = _tower(self.config.text, TextTower)(self.config.text, **kw)
     self.logit_scale = self.param(
         "logit_scale", nn.initializers.constant(self.config.logit_scale_init),
         (), jnp.float32)
@@ -94,6 +96,17 @@ class TwoTowers(nn.Module):
                deterministic: bool = True) -> tuple[Array, Array]:
     return (self.encode_image(pixels, deterministic),
             self.encode_text(token_ids, deterministic))
+
+
+def _tower(config: Any, default: type) -> type:
+  """The Flax module of a tower config: ``default``, or the one its class
+  names as ``TOWER = "module:Class"`` (a family's own tower, e.g. PE-Core's
+  RoPE ViT; imported here so that config modules stay free of JAX)."""
+  spec = getattr(type(config), "TOWER", None)
+  if spec is None:
+    return default
+  module, name = spec.split(":")
+  return getattr(importlib.import_module(module), name)
 
 
 def init_params(config: ModelConfig, rng: jax.Array) -> dict:
