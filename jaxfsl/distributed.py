@@ -179,14 +179,31 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
-def sync(name: str) -> None:
-  """Waits until every process reaches ``sync(name)`` (no-op on one)."""
+_barriers: dict[str, int] = {}
+
+
+def sync(name: str, timeout_s: int = 3600) -> None:
+  """Waits until every process reaches ``sync(name)`` (no-op on one).
+
+  A barrier of the coordination service (Orbax's ``get_barrier_sync_fn``),
+  not a device collective: on CPU, gloo gives up on a collective whose
+  processes arrive more than 30 s apart, and a process may well wait longer
+  than that here (e.g. for process 0 to generate a dataset).
+
+  Args:
+    name: the barrier's name; the n-th call with a name in each process
+      meets the n-th call with that name in the others.
+    timeout_s: seconds to wait before raising.
+  """
   import jax
 
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
+  if jax.process_count() == 1:
+    return
+  from orbax.checkpoint import multihost
 
-    multihost_utils.sync_global_devices(name)
+  count = _barriers[name] = _barriers.get(name, 0) + 1
+  multihost.get_barrier_sync_fn()(key=f"jaxfsl:{name}:{count}",
+                                  timeout_ms=timeout_s * 1000)
 
 
 @contextlib.contextmanager

@@ -81,7 +81,11 @@ def free_port() -> int:
 
 def pair_commands(work, *, cache, data, audit_log):
   """(argv, env) of process 0 and process 1 of a two-process tiny job."""
-  flags = [*tm.TINY, f"--workdir={work}", f"--config.jax_cache_dir={cache}",
+  # No persistent compilation cache: JAX writes it from process 0 only, so
+  # process 0 would load programs that process 1 compiles, and on CPU gloo
+  # fails a collective whose processes arrive over 30 s apart.
+  del cache
+  flags = [*tm.TINY, f"--workdir={work}",
            f"--config.dataset.data_dir={data}", *tm.REFERENCE]
   port = free_port()
   out = []
