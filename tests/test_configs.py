@@ -506,3 +506,15 @@ def test_cli_restart_flag_discards_another_configs_run(tmp_path):
   p = _cli(*args, "--restart")
   assert p.returncode == 1 and "ERROR: model.checkpoint" in p.stderr
   assert not (work / "state").exists()
+
+
+@pytest.mark.parametrize("variant,family,trainable,label", [
+    ("svl_ra", "clip", "lora", "CLIP-LoRA + SVL + RA"),
+    ("none", "pe_core", "lora", "PE-Core-LoRA"),
+    ("svl_ra", "clip", "coop", "CoOp + SVL + RA"),
+    ("none", "clip", "maple", "MaPLe"),
+    ("ra", "siglip", "coop", "SigLIP-CoOp + RA"),
+])
+def test_method_labels_name_backbone_and_trainable(variant, family,
+                                                    trainable, label):
+  assert runner.method_label(variant, family, trainable) == label

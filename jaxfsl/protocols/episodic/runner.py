@@ -164,12 +164,27 @@ def setup_jax(config: ConfigDict) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def method_label(variant: str, family: str) -> str:
-  """The paper's row name, e.g. ``CLIP-LoRA + SVL + RA``."""
-  base = {"clip": "CLIP", "siglip": "SigLIP"}.get(family, family) + "-LoRA"
-  suffix = {"none": "", "svl": " + SVL", "ra": " + RA",
-            "svl_ra": " + SVL + RA", "visual": " + L_v"}[variant]
-  return base + suffix
+FAMILY_NAMES = {"clip": "CLIP", "siglip": "SigLIP", "pe_core": "PE-Core"}
+TRAINABLE_NAMES = {"lora": "LoRA", "coop": "CoOp", "maple": "MaPLe"}
+VARIANT_SUFFIXES = {"none": "", "svl": " + SVL", "ra": " + RA",
+                    "svl_ra": " + SVL + RA", "visual": " + L_v"}
+
+
+def method_label(variant: str, family: str, trainable: str = "lora") -> str:
+  """The paper's row name: ``CLIP-LoRA + SVL + RA``, ``PE-Core-LoRA``,
+  ``CoOp + SVL + RA`` (prompt learners on CLIP, as the paper names them),
+  ``SigLIP-MaPLe``.
+
+  Raises:
+    KeyError: unknown variant.
+  """
+  backbone = FAMILY_NAMES.get(family, family)
+  learner = TRAINABLE_NAMES.get(trainable, trainable)
+  if trainable == "lora" or family != "clip":
+    base = f"{backbone}-{learner}"
+  else:
+    base = learner
+  return base + VARIANT_SUFFIXES[variant]
 
 
 def describe(config: ConfigDict, model: Model,
@@ -185,7 +200,8 @@ def describe(config: ConfigDict, model: Model,
       "window": list(engine_config.window),
       "eval_steps": list(engine_config.evaluation_steps),
       "variant": config.method.variant,
-      "method": method_label(config.method.variant, model.config.family),
+      "method": method_label(config.method.variant, model.config.family,
+                             config.trainable),
       "model": model.name,
       "demo": bool(config.demo),
       "note": DEMO_NOTE if config.demo else "",
