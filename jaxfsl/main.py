@@ -47,6 +47,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxfsl import distributed
 from jaxfsl.paths import user_path
 from jaxfsl.protocols.episodic import config as config_lib
 
@@ -311,7 +312,13 @@ def main(argv: Sequence[str]) -> int:
   try:
     module = protocol_module(config)
     module.validate(config)
-    workdir = check_workdir(_WORKDIR.value)
+    # Before anything starts a JAX backend. Process 0 alone creates and
+    # checks the workdir; the other processes of a multi-host job use it.
+    distributed.initialize(config.get("multihost", False))
+    with distributed.main_process_first("workdir"):
+      workdir = (check_workdir(_WORKDIR.value)
+                 if distributed.is_main_process()
+                 else user_path(_WORKDIR.value))
     seeds = bool(config.get("seeds", ""))
   except (config_lib.UserError, ValueError, AttributeError, KeyError) as e:
     # A config's problems, named by the protocol's own validation.
@@ -322,7 +329,8 @@ def main(argv: Sequence[str]) -> int:
   from jaxfsl.checkpoints import CheckpointError
   from jaxfsl.data import DataError
 
-  log_file = _setup_logging(workdir)
+  log_file = (_setup_logging(workdir) if distributed.is_main_process()
+              else py_logging.NullHandler())
   logging.info("jaxfsl.main %s", " ".join(sys.argv[1:]))
   try:
     if seeds and config.protocol == "episodic":

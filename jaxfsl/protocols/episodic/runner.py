@@ -52,6 +52,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from jaxfsl import distributed
 from jaxfsl.io import aggregate, reports
 from jaxfsl.io.runstate import AdapterStore, RunState
 from jaxfsl.models.model import Model
@@ -75,7 +76,7 @@ ConfigDict = ml_collections.ConfigDict
 validate = config_lib.validate
 
 # Set to 1 (or config.multihost=True) to call jax.distributed.initialize().
-MULTIHOST_ENV = "JAXFSL_MULTIHOST"
+MULTIHOST_ENV = distributed.MULTIHOST_ENV
 
 DEMO_NOTE = ("PIPELINE CHECK ONLY: a random-init model on generated data. "
              "These accuracies say the pipeline runs end to end; they are not "
@@ -154,9 +155,7 @@ class _Speed:
 
 def setup_jax(config: ConfigDict) -> None:
   """Multi-host initialisation and the persistent compilation cache."""
-  if config.multihost or os.environ.get(MULTIHOST_ENV) == "1":
-    if not jax.distributed.is_initialized():
-      jax.distributed.initialize()
+  distributed.initialize(config.multihost)
   if config.jax_cache_dir:
     cache = user_path(config.jax_cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
@@ -304,7 +303,8 @@ def run(config: ConfigDict, workdir: str | os.PathLike[str], *,
   setup_jax(config)
   config = config_lib.resolve(config, num_devices=None)
   restart = config.restart if restart is None else restart
-  workdir.mkdir(parents=True, exist_ok=True)
+  with distributed.main_process_first("workdir"):
+    workdir.mkdir(parents=True, exist_ok=True)
   if config.demo:
     logging.warning(DEMO_NOTE)
 
@@ -330,7 +330,10 @@ def _run(config: ConfigDict, workdir: Path, restart: bool,
 
   # Missing inputs fail before anything slow (a checkpoint loads slowly).
   inputs.checkpoint_path(config)
-  dataset = inputs.open_dataset(config, workdir)
+  # The demo's dataset is generated on first use: by process 0, before the
+  # other processes of a multi-host job open it.
+  with distributed.main_process_first("dataset"):
+    dataset = inputs.open_dataset(config, workdir)
   model = inputs.load_model(config)
   sampler = inputs.make_sampler(config, dataset,
                                 model.config.vision.image_size)
