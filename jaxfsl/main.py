@@ -328,6 +328,7 @@ def main(argv: Sequence[str]) -> int:
 
   from jaxfsl.checkpoints import CheckpointError
   from jaxfsl.data import DataError
+  from jaxfsl.io.runstate import StateError
 
   log_file = (_setup_logging(workdir) if distributed.is_main_process()
               else py_logging.NullHandler())
@@ -341,7 +342,7 @@ def main(argv: Sequence[str]) -> int:
       seeds_lib.run_seeds(config, workdir)
     else:
       module.run(config, workdir)
-  except (config_lib.UserError, DataError, CheckpointError,
+  except (config_lib.UserError, DataError, CheckpointError, StateError,
           FileNotFoundError, FloatingPointError) as e:
     # Problems the user can fix: the message, no traceback (on stderr once,
     # and in log.txt).

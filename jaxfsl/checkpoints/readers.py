@@ -169,8 +169,9 @@ def _import_torch(path: PathLike, what: str):
     import torch
   except ImportError as e:
     raise CheckpointError(
-        f"{path}: {what} needs torch (pip install torch; the CPU build is "
-        "enough)") from e
+        f"{path}: {what} needs torch (the CPU build is enough: pip install "
+        "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)"
+    ) from e
   return torch
 
 

@@ -22,7 +22,9 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
 
   # Which protocol runs the job: "episodic" (the CDFSL targets, one
-  # fine-tuning per episode). ("fewshot", the 11-dataset benchmark, is planned.)
+  # fine-tuning per episode) or "fewshot" (the 11-dataset benchmark under
+  # CLIP-LoRA's protocol; set by configs/fewshot/*.py with its fewshot.*
+  # block).
   config.protocol = "episodic"
   # What is fine-tuned beside the frozen backbone: "lora" (the release;
   # block lora.*), "coop" (CoOp's text context; block coop.*) or "maple"

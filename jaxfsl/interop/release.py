@@ -149,8 +149,10 @@ def export_release(adapters: Adapters, path: str | os.PathLike[str], *,
     import torch
   except ImportError:
     raise InteropError(
-        "writing the release's .pt format needs torch (pip install torch, "
-        "CPU build is enough); the npz and peft formats do not") from None
+        "writing the release's .pt format needs torch (the CPU build is "
+        "enough: pip install torch==2.13.0 --index-url "
+        "https://download.pytorch.org/whl/cpu); the npz and peft formats "
+        "do not") from None
   state = release_state(adapters, position, model)
   state["weights"] = {
       layer: {proj: {k: torch.from_numpy(v) for k, v in ab.items()}

@@ -18,6 +18,10 @@ import numpy as np
 STATE_ITEMS = ("meta", "outputs")
 
 
+class StateError(RuntimeError):
+  """The run state cannot be read (names the folder and what to do)."""
+
+
 class RunState:
   """The resumable state in ``workdir/state``.
 
@@ -34,6 +38,7 @@ class RunState:
     import orbax.checkpoint as ocp
 
     self._ocp = ocp
+    self.directory = Path(directory).resolve()
     self.manager = ocp.CheckpointManager(
         Path(directory).resolve(),
         options=ocp.CheckpointManagerOptions(
@@ -46,9 +51,17 @@ class RunState:
     if step is None:
       return None
     ocp = self._ocp
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore(), outputs=ocp.args.PyTreeRestore()))
-    return dict(out["meta"]), out["outputs"]
+    try:
+      out = self.manager.restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore(), outputs=ocp.args.PyTreeRestore()))
+      return dict(out["meta"]), out["outputs"]
+    except Exception as e:  # noqa: BLE001 - Orbax raises many kinds.
+      # A folder that is not a save of this job (a stray or damaged step):
+      # name it and the two ways out instead of Orbax's traceback.
+      raise StateError(
+          f"run state {self.directory / str(step)} cannot be read "
+          f"({type(e).__name__}: {e}); remove that folder if it is not a "
+          "save of this job, or pass --restart to start over") from e
 
   def save(self, meta: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
     """Starts saving step ``meta["next_episode"]`` (returns at once)."""

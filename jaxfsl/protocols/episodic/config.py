@@ -265,7 +265,9 @@ def job_problems(config: ConfigDict) -> list[str]:
       seeds.parse_seeds(c.seeds)
     except ConfigError as e:
       problems.append(f"config key 'seeds': {e}")
-  for key in ("way", "shot", "query", "epochs", "episodes_per_batch"):
+  # A 1-way episode is trivially 100% accurate: at least 2 classes.
+  need(c.way >= 2, "way", ">= 2")
+  for key in ("shot", "query", "epochs", "episodes_per_batch"):
     need(c[key] >= 1, key, ">= 1")
   need(c.episodes >= 1 or c.episodes == -1, "episodes",
        ">= 1 (or -1: 800 for 1-shot, 400 otherwise)")
