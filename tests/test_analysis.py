@@ -1,4 +1,5 @@
-"""Tests for jaxfsl.method.metrics against float64 numpy references written here."""
+"""Tests for jaxfsl.method.metrics against float64 numpy references written
+here."""
 
 import functools
 import itertools
