@@ -71,13 +71,13 @@ def test_dynamic_loss_scale_skips_overflow_and_grows():
   old = {"w": jnp.zeros(3)}
   scale = jnp.asarray(2.0 ** 16, jnp.float32)
   bad = {"w": jnp.asarray([1.0, jnp.inf, 0.0])}
-  (params, _), _, s, n = _dynamic_scale_update(
+  params, _, s, n = _dynamic_scale_update(
       bad, (new, new), (old, old), scale, jnp.asarray(5, jnp.int32))
   # Overflow: the previous parameters are kept and the scale halves.
   np.testing.assert_array_equal(params["w"], old["w"])
   assert float(s) == 2.0 ** 15 and int(n) == 0
   good = {"w": jnp.ones(3)}
-  (params, _), _, s, n = _dynamic_scale_update(
+  params, _, s, n = _dynamic_scale_update(
       good, (new, new), (old, old), scale, jnp.asarray(5, jnp.int32))
   np.testing.assert_array_equal(params["w"], new["w"])
   assert float(s) == 2.0 ** 16 and int(n) == 6
