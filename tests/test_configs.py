@@ -5,6 +5,7 @@ Nothing here trains; the CLI checks run ``python -m jaxfsl.main`` only as far
 as its error.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -15,7 +16,9 @@ import numpy as np
 import pytest
 
 from jaxfsl.data import DatasetNotPreparedError
-from jaxfsl.protocols.episodic import runner as experiment
+from jaxfsl.io.runstate import RunState
+from jaxfsl.protocols.episodic import config as config_lib
+from jaxfsl.protocols.episodic import runner
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -23,23 +26,63 @@ CONFIGS = REPO / "configs"
 
 def load(name):
   folder = CONFIGS if name == "base" else CONFIGS / "episodic"
-  return experiment.load_config(folder / f"{name}.py")
+  return config_lib.load_config(folder / f"{name}.py")
+
+
+ALL_CONFIGS = sorted(p for p in CONFIGS.rglob("*.py")
+                     if p.name != "__init__.py")
 
 
 def test_loading_a_config_imports_no_jax():
   """Config files are plain Python + ml_collections: no JAX at load time."""
-  probe = ("import sys, importlib.util as u; "
-           f"s = u.spec_from_file_location('c', {str(CONFIGS / 'episodic' / 'isic.py')!r}); "
-           "m = u.module_from_spec(s); s.loader.exec_module(m); m.get_config(); "
+  assert len(ALL_CONFIGS) >= 7, ALL_CONFIGS
+  probe = ("import sys, importlib.util as u\n"
+           f"for f in {[str(p) for p in ALL_CONFIGS]!r}:\n"
+           "  s = u.spec_from_file_location('c', f)\n"
+           "  m = u.module_from_spec(s); s.loader.exec_module(m)\n"
+           "  m.get_config()\n"
            "bad = [n for n in ('jax', 'flax', 'optax', 'tensorflow') "
-           "if n in sys.modules]; print(bad); raise SystemExit(1 if bad else 0)")
+           "if n in sys.modules]; print(bad)\n"
+           "raise SystemExit(1 if bad else 0)")
   p = subprocess.run([sys.executable, "-c", probe], capture_output=True,
                      text=True, cwd=REPO)
   assert p.returncode == 0, p.stdout + p.stderr
 
 
 def test_base_is_the_schema():
-  assert load("base").to_dict() == experiment.default_config().to_dict()
+  assert load("base").to_dict() == config_lib.default_config().to_dict()
+  # Every shipped episodic config has exactly base.py's keys and types; the
+  # few-shot protocol's add only their own ``fewshot`` block.
+  base = set(config_lib.flatten(config_lib.default_config()))
+  for path in ALL_CONFIGS:
+    c = config_lib.load_config(path)
+    if c.protocol == "episodic":
+      assert config_lib.schema_problems(c) == [], path
+    else:
+      own = {k for k in config_lib.flatten(c) if k not in base}
+      assert all(k.startswith(f"{c.protocol}.") for k in own), (path, own)
+
+
+def test_docs_every_key_has_a_comment_in_base():
+  """base.py documents every key (``--help`` prints these comments)."""
+  from jaxfsl import main
+
+  comments = main.key_comments()
+  flat = config_lib.flatten(config_lib.default_config())
+  undocumented = [k for k in flat if k not in comments
+                  and k.rsplit(".", 1)[0] not in comments]
+  assert not undocumented, undocumented
+
+
+def test_no_other_home_of_defaults():
+  """The runner's schema is base.py: no copy of its values elsewhere in the
+  job's code (the old default_config(), validation constants)."""
+  folder = REPO / "jaxfsl" / "protocols" / "episodic"
+  for name in ("runner.py", "config.py", "eval_only.py", "inputs.py"):
+    text = (folder / name).read_text()
+    for literal in ("2e-4", "period_factor=8", "relation_weight=3",
+                    "250 * ", "= 0.25"):
+      assert literal not in text, (name, literal)
 
 
 def test_release_defaults():
@@ -65,15 +108,15 @@ def test_release_defaults():
 def test_target_configs(name, dataset, epochs):
   c = load(name)
   assert c.dataset.name == dataset and c.epochs == epochs
-  r = experiment.resolve(c, num_devices=1)
+  r = config_lib.resolve(c, num_devices=1)
   assert (r.episodes, r.steps) == (800, epochs)
   c.shot = 5
-  r = experiment.resolve(c, num_devices=1)
+  r = config_lib.resolve(c, num_devices=1)
   assert (r.episodes, r.steps) == (400, 5 * epochs)
   c.episodes, c.steps = 7, 3
-  r = experiment.resolve(c, num_devices=1)
+  r = config_lib.resolve(c, num_devices=1)
   assert (r.episodes, r.steps) == (7, 3)
-  engine = experiment.engine_config(r)
+  engine = config_lib.engine_config(r)
   assert engine.lora.scaling == 2.0 and engine.method.variant == "svl_ra"
 
 
@@ -81,14 +124,14 @@ def test_demo_config():
   c = load("demo")
   assert c.demo and c.model.init == "tiny-clip" and not c.model.checkpoint
   assert c.dataset.name == "synthetic" and c.dataset.prepare_synthetic
-  experiment.validate(c)
+  config_lib.validate(c)
 
 
 def test_episodes_per_batch_rounds_up_to_devices():
   c = load("demo")
   for epb, devices, expected in [(1, 4, 4), (6, 4, 8), (8, 4, 8), (3, 1, 3)]:
     c.episodes_per_batch = epb
-    assert experiment.resolve(c, num_devices=devices).episodes_per_batch == (
+    assert config_lib.resolve(c, num_devices=devices).episodes_per_batch == (
         expected)
 
 
@@ -104,8 +147,8 @@ def _bad(key, value, *fragments):
   for p in parents:
     node = node[p]
   node[last] = value
-  with pytest.raises(experiment.ConfigError) as e:
-    experiment.validate(ml_collections.ConfigDict(d))
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(ml_collections.ConfigDict(d))
   for f in fragments or (key,):
     assert f in str(e.value), str(e.value)
 
@@ -126,36 +169,39 @@ def test_wrong_types():
 def test_bad_values():
   _bad("method.variant", "svl+ra", "method.variant", "svl_ra")
   _bad("compute_dtype", "fp16", "compute_dtype", "float16")
-  _bad("lora.blocks", "top")
-  _bad("lora.targets", ("q", "x"))
+  # The dataclasses' own messages name the key.
+  _bad("lora.blocks", "top", "lora.blocks", "'top'")
+  _bad("lora.targets", ("q", "x"), "lora.targets", "'x'")
+  _bad("optim.lr", -1.0, "optim.lr")
+  _bad("optim.b1", 1.0, "optim.b1")
   _bad("method.timing", "end")
   _bad("method.relation_form", "kl")
   _bad("shot", 0, "'shot'", ">= 1")
   _bad("episodes", 0, "'episodes'")
-  _bad("lora.dropout", 1.0)
+  _bad("lora.dropout", 1.0, "lora.dropout", "1.0")
   _bad("model.checkpoint", "/x", "model.checkpoint", "model.init")
   _bad("prompt", "a photo")
   _bad("dataset.name", "imagenet")
   _bad("model.init", "clip-vit-b15")
   d = load("demo")
   d.eval_only = d.restart = True
-  with pytest.raises(experiment.ConfigError, match="eval_only"):
-    experiment.validate(d)
+  with pytest.raises(config_lib.ConfigError, match="eval_only"):
+    config_lib.validate(d)
 
 
 def test_lora_targets_and_blocks_parsing():
   c = load("demo")
   c.lora.targets = ("q,v",)
   c.lora.blocks = "0,1"
-  engine = experiment.engine_config(experiment.resolve(c, num_devices=1))
+  engine = config_lib.engine_config(config_lib.resolve(c, num_devices=1))
   assert engine.lora.targets == ("q", "v") and engine.lora.blocks == (0, 1)
 
 
 def test_missing_checkpoint(tmp_path):
   c = load("eurosat")
   c.model.checkpoint = str(tmp_path / "no_such_model")
-  with pytest.raises(experiment.MissingInputError) as e:
-    experiment.run(c, tmp_path / "work")
+  with pytest.raises(config_lib.MissingInputError) as e:
+    runner.run(c, tmp_path / "work")
   msg = str(e.value)
   assert "no_such_model" in msg and "does not exist" in msg
   assert "huggingface.co/openai/clip-vit-base-patch16" in msg
@@ -167,7 +213,7 @@ def test_dataset_not_prepared(tmp_path):
   c.model.checkpoint, c.model.init = "", "tiny-clip"
   c.dataset.data_dir = str(tmp_path / "data")
   with pytest.raises(DatasetNotPreparedError) as e:
-    experiment.run(c, tmp_path / "work")
+    runner.run(c, tmp_path / "work")
   msg = str(e.value)
   assert "python tools/prepare_data.py --dataset eurosat" in msg
   assert "EuroSAT" in msg and "zenodo" in msg
@@ -177,14 +223,14 @@ def test_synthetic_not_generated_unless_asked(tmp_path):
   c = load("demo")
   c.dataset.prepare_synthetic = False
   with pytest.raises(DatasetNotPreparedError, match="--dataset synthetic"):
-    experiment.run(c, tmp_path / "work")
+    runner.run(c, tmp_path / "work")
 
 
 def _saved_state(workdir, config):
   """A run state as a job would leave it after 4 episodes (no training)."""
-  config = experiment.resolve(config, num_devices=1)
-  state = experiment.RunState(Path(workdir) / "state")
-  state.save({"next_episode": 4, "fingerprint": experiment.fingerprint(config),
+  config = config_lib.resolve(config, num_devices=1)
+  state = RunState(Path(workdir) / "state")
+  state.save({"next_episode": 4, "fingerprint": config_lib.fingerprint(config),
               "config": config.to_dict()},
              {"index": np.arange(4), "stages": {"accuracy": np.zeros((4, 5))}})
   state.close()
@@ -196,32 +242,43 @@ def test_changed_config_is_refused_then_restart(tmp_path):
   (work / "data").mkdir()
   changed = load("demo")
   changed.shot, changed.method.variant = 5, "none"
-  with pytest.raises(experiment.ResumeError) as e:
-    experiment.run(changed, work)
+  with pytest.raises(config_lib.ResumeError) as e:
+    runner.run(changed, work)
   msg = str(e.value)
   assert "shot: 1 -> 5" in msg and "method.variant: 'svl_ra' -> 'none'" in msg
   assert "--restart" in msg
   # Run-only keys may change on resume.
   same = load("demo")
   same.episodes_per_batch, same.episodes = 8, 1000
-  assert experiment.prepare_workdir(
-      experiment.resolve(same, num_devices=1), work, restart=False) is not None
+  assert runner.prepare_workdir(
+      config_lib.resolve(same, num_devices=1), work, restart=False) is not None
   # restart discards the run but keeps other files (the demo's data).
-  assert experiment.prepare_workdir(
-      experiment.resolve(changed, num_devices=1), work, restart=True) is None
+  assert runner.prepare_workdir(
+      config_lib.resolve(changed, num_devices=1), work, restart=True) is None
   assert not (work / "state").exists() and (work / "data").is_dir()
 
 
-def _cli(*args, timeout=120):
+def _cli(*args, timeout=120, cwd=REPO):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env["PYTHONPATH"] = os.pathsep.join(
+      [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
   return subprocess.run([sys.executable, "-m", "jaxfsl.main", *args],
                         capture_output=True, text=True, timeout=timeout,
-                        cwd=REPO, env=env)
+                        cwd=cwd, env=env)
+
+
+def _one_error_line(p, status=2):
+  assert p.returncode == status, (p.returncode, p.stderr[-3000:])
+  assert "Traceback" not in p.stderr, p.stderr[-3000:]
+  errors = [line for line in p.stderr.splitlines()
+            if line.startswith("ERROR:")]
+  assert len(errors) == 1, p.stderr
+  return errors[0]
 
 
 def test_cli_unknown_override_key(tmp_path):
-  p = _cli("--config", "configs/episodic/demo.py", "--config.method.svl_weight=1",
-           "--workdir", str(tmp_path))
+  p = _cli("--config", "configs/episodic/demo.py",
+           "--config.method.svl_weight=1", "--workdir", str(tmp_path))
   assert p.returncode == 2
   assert "unknown config key 'method.svl_weight'" in p.stderr
   assert "anti_visual_weight" in p.stderr  # The known keys are listed.
@@ -242,3 +299,222 @@ def test_cli_missing_checkpoint(tmp_path):
   assert "ERROR: model.checkpoint" in p.stderr
   assert "huggingface-cli download" in p.stderr
   assert "Traceback" not in p.stderr
+
+
+def test_every_problem_is_listed_at_once():
+  d = load("demo")
+  d.shot, d.query, d.method.variant, d.lora.rank = 0, 0, "svl+ra", 0
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(d)
+  msg = str(e.value)
+  for fragment in ("'shot'", "'query'", "method.variant", "lora.rank"):
+    assert fragment in msg, msg
+
+
+def test_protocol_trainable_and_seeds():
+  _bad("protocol", "nope", "'protocol'", "episodic")
+  _bad("trainable", "prefix", "'trainable'", "lora", "coop", "maple")
+  d = load("demo")
+  d.trainable, d.maple.depth = "maple", 0
+  with pytest.raises(config_lib.ConfigError, match="maple.depth"):
+    config_lib.validate(d)
+  d.trainable, d.maple.depth = "coop", 0  # Other blocks are not read.
+  config_lib.validate(d)
+  assert config_lib.engine_config(d).trainable_config["n_ctx"] == 16
+  _bad("seeds", "1,x", "'seeds'", "'x'")
+  _bad("seeds", "1,1", "'seeds'", "repeated")
+
+
+def test_config_dump_says_which_key_sets_t():
+  c = load("eurosat")
+  assert "set by 'epochs'" in config_lib.t_source(c) and "250" in (
+      config_lib.t_source(c))
+  c.steps = 22
+  assert config_lib.t_source(c).startswith("T = 22 steps, set by 'steps'")
+
+
+def test_paths_config_names_resolve_from_anywhere(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  for name in ("configs/episodic/isic.py", "episodic/isic.py"):
+    assert config_lib.find_config(name) == (
+        CONFIGS / "episodic" / "isic.py").resolve()
+  assert config_lib.load_config("episodic/isic.py").dataset.name == "isic2018"
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.find_config("configs/nope.py")
+  assert "configs/nope.py" in str(e.value)
+  assert "episodic/demo.py" in str(e.value)  # The shipped configs listed.
+
+
+def test_paths_tilde_in_path_keys(tmp_path, monkeypatch):
+  """``~`` in every path key is expanded (the shell does not after ``=``)."""
+  monkeypatch.setenv("HOME", str(tmp_path))
+  from jaxfsl.protocols.episodic import inputs
+
+  c = load("eurosat")
+  c.model.checkpoint = "~/no_such_model"
+  with pytest.raises(config_lib.MissingInputError) as e:
+    inputs.checkpoint_path(c)
+  assert str(tmp_path / "no_such_model") in str(e.value)
+  (tmp_path / "model").mkdir()
+  c.model.checkpoint = "~/model"
+  assert inputs.checkpoint_path(c) == tmp_path / "model"
+  c.dataset.data_dir = "~/data/{workdir}"
+  assert inputs.data_dir(c, "w") == tmp_path / "data" / "w"
+  assert set(config_lib.PATH_KEYS) <= set(config_lib.flatten(c))
+
+
+def test_small_classes_error_names_the_command_line_switch(tmp_path):
+  from jaxfsl.protocols.episodic import inputs
+
+  c = load("demo")
+  c.dataset.data_dir = str(tmp_path / "data")
+  c.dataset.synthetic.images_per_class = 6
+  c.dataset.synthetic.num_classes = 5
+  dataset = inputs.open_dataset(c, tmp_path)
+  with pytest.raises(config_lib.ConfigError) as e:
+    inputs.make_sampler(c, dataset, 32)
+  assert "--config.dataset.exclude_small_classes=True" in str(e.value)
+
+
+def test_clean_exit_missing_config_file_creates_nothing(tmp_path):
+  work = tmp_path / "w"
+  line = _one_error_line(_cli("--config", "configs/nope.py",
+                              "--workdir", str(work)))
+  assert "configs/nope.py" in line and "not found" in line
+  assert not work.exists()
+
+
+def test_clean_exit_bad_config_value_creates_nothing(tmp_path):
+  work = tmp_path / "w"
+  p = _cli("--config", "configs/episodic/demo.py", "--config.shot=0",
+           "--config.method.variant=x", "--workdir", str(work))
+  assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+  assert "'shot'" in p.stderr and "method.variant" in p.stderr
+  assert not work.exists()
+
+
+def test_clean_exit_unknown_protocol(tmp_path):
+  line = _one_error_line(_cli("--config", "configs/episodic/demo.py",
+                              "--config.protocol=nope",
+                              "--workdir", str(tmp_path / "w")))
+  assert "'protocol' is 'nope'" in line and "'episodic'" in line
+  assert not (tmp_path / "w").exists()
+
+
+def test_clean_exit_workdir_is_a_file(tmp_path):
+  work = tmp_path / "file"
+  work.write_text("x")
+  line = _one_error_line(_cli("--config", "configs/episodic/demo.py",
+                              "--workdir", str(work)))
+  assert str(work) in line and "existing file" in line
+  assert work.read_text() == "x"
+
+
+def test_clean_exit_read_only_workdir(tmp_path):
+  if os.geteuid() == 0:
+    # root writes through file modes: take a folder no one can write to.
+    work = Path("/sys/kernel")
+    assert work.is_dir()
+  else:
+    work = tmp_path / "ro"
+    work.mkdir()
+    work.chmod(0o555)
+  line = _one_error_line(_cli("--config", "configs/episodic/demo.py",
+                              "--workdir", str(work)))
+  assert str(work) in line and "not writable" in line
+  assert not (work / "log.txt").exists()
+
+
+def test_paths_relative_config_from_another_directory(tmp_path):
+  """A config name works from any directory (found among the shipped
+  configs): the run gets as far as the missing checkpoint."""
+  p = _cli("--config", "configs/episodic/isic.py",
+           f"--config.model.checkpoint={tmp_path}/nothing",
+           "--workdir", str(tmp_path / "w"), cwd=tmp_path)
+  assert p.returncode == 1, p.stderr[-2000:]
+  assert "ERROR: model.checkpoint" in p.stderr
+  p = _cli("--config", "episodic/isic.py", "--help", cwd=tmp_path)
+  assert p.returncode == 0 and "dataset.name = 'isic2018'" in p.stdout
+
+
+def test_paths_tilde_after_equals_in_workdir_and_keys(tmp_path):
+  env_home = tmp_path / "home"
+  env_home.mkdir()
+  env = dict(os.environ, JAX_PLATFORMS="cpu", HOME=str(env_home))
+  env["PYTHONPATH"] = str(REPO)
+  p = subprocess.run(
+      [sys.executable, "-m", "jaxfsl.main", "--config=episodic/isic.py",
+       "--config.model.checkpoint=~/nothing", "--workdir=~/w"],
+      capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+  assert p.returncode == 1, p.stderr[-2000:]
+  assert str(env_home / "nothing") in p.stderr
+  assert (env_home / "w" / "log.txt").is_file()
+  assert not (tmp_path / "~").exists()
+
+
+def test_cli_help_exits_0_and_lists_keys_with_comments():
+  p = _cli("--help")
+  assert p.returncode == 0, p.stderr
+  assert "--workdir" in p.stdout and "method.variant = 'svl_ra'" in p.stdout
+  p = _cli("--config", "configs/episodic/chestx.py", "--help")
+  assert p.returncode == 0, p.stderr
+  out = p.stdout
+  assert "epochs = 125  (default 250)" in out
+  # base.py's comments, under their keys.
+  assert "Classes per episode." in out
+  assert "RA (L_ra)." in out
+  assert "sets T directly" in out
+
+
+def test_console_script_is_declared():
+  """setup.cfg declares ``jaxfsl-run`` -> jaxfsl.main:run (same flags)."""
+  import configparser
+
+  cfg = configparser.ConfigParser()
+  cfg.read(REPO / "setup.cfg")
+  scripts = cfg["options.entry_points"]["console_scripts"]
+  assert "jaxfsl-run = jaxfsl.main:run" in scripts
+  from jaxfsl import main
+
+  assert callable(main.run)
+
+
+def test_cli_seeds_run_one_job_per_seed_folder(tmp_path):
+  """--config.seeds=3,4: one sub-job per seed in WORKDIR/seed_<s> (here the
+  first stops at the missing checkpoint, after writing its config)."""
+  work = tmp_path / "w"
+  p = _cli("--config", "configs/episodic/isic.py", "--config.seeds=3,4",
+           f"--config.model.checkpoint={tmp_path}/nothing",
+           "--workdir", str(work))
+  assert p.returncode == 1 and "ERROR: model.checkpoint" in p.stderr
+  saved = json.loads((work / "seed_3" / "config.json").read_text())
+  assert saved["seed"] == 3 and saved["seeds"] == ""  # One seed each.
+  assert not (work / "seed_4").exists()
+
+
+def test_cli_restart_flag_discards_another_configs_run(tmp_path):
+  work = tmp_path / "w"
+  other = load("isic")
+  other.shot = 5
+  _saved_state(work, other)
+  args = ("--config", "configs/episodic/isic.py",
+          f"--config.model.checkpoint={tmp_path}/nothing", "--workdir",
+          str(work))
+  p = _cli(*args)
+  assert p.returncode == 1 and "shot: 5 -> 1" in p.stderr, p.stderr[-2000:]
+  assert (work / "state").is_dir()
+  p = _cli(*args, "--restart")
+  assert p.returncode == 1 and "ERROR: model.checkpoint" in p.stderr
+  assert not (work / "state").exists()
+
+
+@pytest.mark.parametrize("variant,family,trainable,label", [
+    ("svl_ra", "clip", "lora", "CLIP-LoRA + SVL + RA"),
+    ("none", "pe_core", "lora", "PE-Core-LoRA"),
+    ("svl_ra", "clip", "coop", "CoOp + SVL + RA"),
+    ("none", "clip", "maple", "MaPLe"),
+    ("ra", "siglip", "coop", "SigLIP-CoOp + RA"),
+])
+def test_method_labels_name_backbone_and_trainable(variant, family,
+                                                    trainable, label):
+  assert runner.method_label(variant, family, trainable) == label

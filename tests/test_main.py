@@ -1,6 +1,6 @@
-"""End to end: ``python -m jaxfsl.main --config configs/episodic/demo.py`` shrunk to a
-few tiny episodes, its outputs, eval_only, and invariance of the results to
-``episodes_per_batch`` and to the number of devices.
+"""End to end: ``python -m jaxfsl.main --config configs/episodic/demo.py``
+shrunk to a few tiny episodes, its outputs, eval_only, and invariance of the
+results to ``episodes_per_batch`` and to the number of devices.
 
 Every job runs in a subprocess (its own XLA flags, device count and
 compilation cache, nothing leaking into other tests). The reference job is
@@ -63,21 +63,27 @@ def locked(path):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def run_job(workdir, *flags, cache, data_dir=None, devices=1, kill=None,
-            check=True, timeout=400):
-  """``python -m jaxfsl.main`` with the tiny config; returns the process."""
+def job_command(workdir, *flags, cache, data_dir=None, devices=1):
+  """(argv, env) of ``python -m jaxfsl.main`` with the tiny config."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   # Compile time dominates these runs; unoptimised XLA halves it.
   env["XLA_FLAGS"] = ("--xla_backend_optimization_level=0 "
                       f"--xla_force_host_platform_device_count={devices}")
-  env.pop("JAXFSL_TEST_KILL_AT", None)
-  if kill:
-    env["JAXFSL_TEST_KILL_AT"] = kill
+  env["PYTHONPATH"] = os.pathsep.join(
+      [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
   args = [sys.executable, "-m", "jaxfsl.main", *TINY, f"--workdir={workdir}",
           f"--config.jax_cache_dir={cache}"]
   if data_dir is not None:
     args.append(f"--config.dataset.data_dir={data_dir}")
-  proc = subprocess.run(args + list(flags), capture_output=True, text=True,
+  return args + list(flags), env
+
+
+def run_job(workdir, *flags, cache, data_dir=None, devices=1, check=True,
+            timeout=400):
+  """``python -m jaxfsl.main`` with the tiny config; returns the process."""
+  args, env = job_command(workdir, *flags, cache=cache, data_dir=data_dir,
+                          devices=devices)
+  proc = subprocess.run(args, capture_output=True, text=True,
                         timeout=timeout, cwd=REPO, env=env)
   if check:
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -155,6 +161,13 @@ def test_outputs_exist_and_agree(reference):
   assert "PIPELINE CHECK ONLY" in log
   assert f"episodes {EPISODES}/{EPISODES} | accuracy" in log
   assert "episodes/h | ETA" in log
+  # The first ETA excludes compilation: none until a second batch is done.
+  progress = [line for line in log.splitlines() if "| ETA" in line]
+  assert progress[0].endswith("? episodes/h | ETA ?"), progress[0]
+  assert "episodes/h | ETA ?" not in progress[1], progress[1]
+  assert log.index("Compiling the episode program") < log.index(progress[0])
+  # The config dump says which key set T.
+  assert "T = 10 steps, set by 'steps' ('epochs' is unused)" in log
   assert "orbax" not in log.lower()  # Orbax's chatter is filtered out.
 
 
@@ -177,10 +190,14 @@ def test_training_is_real(reference):
 
 def test_rerun_of_a_finished_job_is_a_no_op(reference, cache):
   work = reference
-  before = reports.load_results(work)["episodes"]
+  before = (work / "results.json").read_text()
+  wall = json.loads(before)["run"]["wall_seconds"]
+  assert wall > 0
   proc = run_job(work, *REFERENCE, cache=cache)
   assert f"{EPISODES} episode(s) already done" in proc.stderr
-  assert reports.load_results(work)["episodes"] == before
+  assert "results.json kept" in proc.stderr
+  # Not rewritten: its wall time is still the run's that computed it.
+  assert (work / "results.json").read_text() == before
 
 
 def test_eval_only_reproduces_training_accuracy(reference, cache):
@@ -229,3 +246,20 @@ def test_four_devices_give_the_same_results(reference, cache, tmp_path):
   assert results["config"]["episodes_per_batch"] == 4
   _assert_same_episodes(reports.load_results(work)["episodes"],
                         results["episodes"])
+
+
+def test_seeds_run_one_job_each_and_a_summary(reference, cache, tmp_path):
+  """--config.seeds=1,2: WORKDIR/seed_1 (the same episodes as the reference
+  run, whose seed is 1) and seed_2 (other episodes), then seeds.json."""
+  run_job(tmp_path, "--config.seeds=1,2", "--config.episodes=4",
+          cache=cache, data_dir=reference / "data")
+  one = reports.load_results(tmp_path / "seed_1")
+  two = reports.load_results(tmp_path / "seed_2")
+  ref = reports.load_results(reference)["episodes"][:4]
+  _assert_same_episodes(ref, one["episodes"])
+  assert one["seed"] == 1 and two["seed"] == 2
+  assert [e["accuracy"] for e in two["episodes"]] != [
+      e["accuracy"] for e in one["episodes"]]
+  seeds = json.loads((tmp_path / "seeds.json").read_text())
+  assert "2 seeds" in (tmp_path / "summary.md").read_text()
+  assert seeds["num_seeds"] == 2

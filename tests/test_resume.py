@@ -1,15 +1,21 @@
-"""Kill tests: the job, SIGKILLed at several points and rerun, ends with
-exactly the results of an uninterrupted run.
+"""Kill and interrupt tests: the job, stopped at several points and rerun,
+ends with exactly the results of an uninterrupted run.
 
-The runner kills itself through its test-only hook (``JAXFSL_TEST_KILL_AT``,
-see ``jaxfsl.protocols.episodic.runner.KILL_ENV``): inside a batch's compute, after the
-adapters of a batch are saved but not the run state, while the run state's
-Orbax save is writing, and between batches. The tiny job of
-tests/test_main.py: 10 episodes in batches of 4 + 4 + 2 (padded).
+The job is stopped from outside, as a user or a scheduler would: a signal
+sent when the test observes something a real run does anyway, a log line
+(the "Compiling the episode program" line before the first batch, the
+per-batch progress line) or a folder appearing in the workdir (an Orbax
+step of the run state or of the saved adapters). Nothing in the runner
+exists for these tests. The tiny job of tests/test_main.py: 10 episodes in
+batches of 4 + 4 + 2 (padded).
 """
 
 import importlib.util
+import queue
 import signal
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import jax
@@ -17,7 +23,7 @@ import numpy as np
 import pytest
 
 from jaxfsl.io import reports
-from jaxfsl.protocols.episodic import runner as experiment
+from jaxfsl.io.runstate import AdapterStore
 
 # The tiny job, its runner and the session's shared uninterrupted reference
 # run live in tests/test_main.py (loaded by path: works in any import mode).
@@ -26,6 +32,7 @@ _spec = importlib.util.spec_from_file_location(
 tm = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tm)
 PER_BATCH = 4
+COMPILING = "Compiling the episode program"
 
 
 def first_difference(a, b, path="episodes"):
@@ -48,47 +55,62 @@ def saved_steps(work, name):
   return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-  return tm.shared_reference(tmp_path_factory)
+def step_identity(work, name, step):
+  """Tells a step folder from its replacement (inodes may be reused)."""
+  try:
+    st = (work / name / str(step)).stat()
+  except FileNotFoundError:
+    return None
+  return st.st_ino, st.st_ctime_ns
 
 
-def test_killed_job_resumes_to_identical_results(reference, tmp_path,
-                                                  tmp_path_factory):
-  cache = tm.xla_cache(tmp_path_factory)
-  data = reference / "data"
-  work = tmp_path / "killed"
-  history = []
-  # (hook, finished episodes expected in the run state afterwards).
-  chain = [
-      ("in_batch:1", {0}),            # Inside the first batch's compute.
-      ("saving:2", {4, 8}),           # Second batch's state save writing.
-      ("after_adapters:1", None),     # Adapters on disk, run state not.
-      ("after_save:1", None),         # Between batches.
-  ]
-  for hook, expected in chain:
-    before = (saved_steps(work, "state") or [0])[-1]
-    proc = tm.run_job(work, *tm.REFERENCE, cache=cache, data_dir=data,
-                      kill=hook, check=False)
-    assert proc.returncode == -signal.SIGKILL, (hook, proc.stderr[-3000:])
-    assert f"killing myself at {hook.split(':')[0]}" in proc.stderr
-    if before:
-      assert f"Resuming: {before} episode(s) already done" in proc.stderr
-    done = (saved_steps(work, "state") or [0])[-1]
-    history.append((hook, done, saved_steps(work, "adapters")))
-    if expected is not None:
-      assert done in expected, history
-    elif hook.startswith("after_adapters"):
-      assert done == before, history
-      # The batch after ``done`` left its adapters behind.
-      assert saved_steps(work, "adapters")[-1] == done, history
-    else:
-      assert done == min(before + PER_BATCH, tm.EPISODES), history
-    assert not (work / "results.json").exists()
+def run_and_signal(work, *, line=None, ready=None, sig=signal.SIGKILL,
+                   then=None, cache, data, timeout=400):
+  """Runs the tiny job; sends ``sig`` as soon as a stderr line contains
+  ``line`` or ``ready()`` is true, and then, with ``then=(line2, sig2)``,
+  ``sig2`` once a later line contains ``line2``. Returns (return code,
+  stderr, whether the first signal was sent)."""
+  args, env = tm.job_command(work, *tm.REFERENCE, cache=cache, data_dir=data)
+  proc = subprocess.Popen(args, stderr=subprocess.PIPE,
+                          stdout=subprocess.DEVNULL, text=True, cwd=tm.REPO,
+                          env=env)
+  lines: queue.Queue = queue.Queue()
+  reader = threading.Thread(
+      target=lambda: [lines.put(x) for x in proc.stderr], daemon=True)
+  reader.start()
+  seen, sent, sent_then = [], False, then is None
+  deadline = time.time() + timeout
+  while (proc.poll() is None and not (sent and sent_then)
+         and time.time() < deadline):
+    fire = False
+    try:
+      while True:
+        seen.append(lines.get_nowait())
+        if not sent and line is not None and line in seen[-1]:
+          fire = True
+        elif sent and then is not None and then[0] in seen[-1]:
+          proc.send_signal(then[1])
+          sent_then = True
+    except queue.Empty:
+      pass
+    if not sent and ready is not None:
+      fire = ready()
+    if fire:
+      proc.send_signal(sig)
+      sent = True
+    time.sleep(0.001)
+  try:
+    proc.wait(timeout=max(deadline - time.time(), 1))
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  reader.join(timeout=10)
+  while not lines.empty():
+    seen.append(lines.get_nowait())
+  return proc.returncode, "".join(seen), sent
 
-  proc = tm.run_job(work, *tm.REFERENCE, cache=cache, data_dir=data)
-  assert "Resuming" in proc.stderr
 
+def assert_same_as_reference(work, reference, history):
   ref = reports.load_results(reference)
   got = reports.load_results(work)
   # Exactly, not approximately.
@@ -105,8 +127,8 @@ def test_killed_job_resumes_to_identical_results(reference, tmp_path,
   # run's (a batch redone after a kill replaced its earlier save).
   assert saved_steps(work, "adapters") == list(
       range(0, tm.EPISODES, PER_BATCH))
-  a = experiment.AdapterStore(work / "adapters", create=False)
-  b = experiment.AdapterStore(reference / "adapters", create=False)
+  a = AdapterStore(work / "adapters", create=False)
+  b = AdapterStore(reference / "adapters", create=False)
   try:
     mine, theirs = a.load_all(), b.load_all()
   finally:
@@ -117,3 +139,101 @@ def test_killed_job_resumes_to_identical_results(reference, tmp_path,
     leaves = zip(jax.tree.leaves(mine[i]), jax.tree.leaves(theirs[i]),
                  strict=True)
     assert all(np.array_equal(x, y) for x, y in leaves), i
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  return tm.shared_reference(tmp_path_factory)
+
+
+def test_killed_job_resumes_to_identical_results(reference, tmp_path,
+                                                  tmp_path_factory):
+  cache = tm.xla_cache(tmp_path_factory)
+  data = reference / "data"
+  work = tmp_path / "killed"
+  history = []
+
+  def done():
+    return (saved_steps(work, "state") or [0])[-1]
+
+  def kill(case, **when):
+    before = done()
+    rc, log, sent = run_and_signal(work, cache=cache, data=data, **when)
+    assert sent and rc == -signal.SIGKILL, (case, rc, log[-3000:])
+    if before:
+      assert f"Resuming: {before} episode(s) already done" in log
+    assert not (work / "results.json").exists()
+    history.append((case, before, done(), saved_steps(work, "adapters")))
+    return before, done()
+
+  # Inside the first batch (compiling or computing): nothing saved.
+  before, after = kill("in_batch", line=COMPILING)
+  assert after == 0 and not saved_steps(work, "adapters"), history
+
+  # While the second batch's run state is being written (its Orbax step
+  # folder, temporary or final, appeared): the save is atomic, so the
+  # state is the first batch's or the second's, never half of one.
+  before, after = kill("saving", ready=lambda: any(
+      p.name.split(".")[0] == "8" for p in (work / "state").iterdir())
+      if (work / "state").is_dir() else False)
+  assert after in (4, 8), history
+
+  # Adapters of the next batch just saved (a new folder for its first
+  # episode): the run state is saved right after them and may not be yet.
+  step = after
+  old = step_identity(work, "adapters", step)
+  before, after = kill("after_adapters", ready=lambda: step_identity(
+      work, "adapters", step) not in (None, old))
+  assert after in (before, before + PER_BATCH), history
+  assert saved_steps(work, "adapters")[-1] == before, history
+
+  # Between batches, once a batch's progress line is printed (its state
+  # save started, asynchronously).
+  if after < tm.EPISODES:
+    target = min(after + PER_BATCH, tm.EPISODES)
+    before, after = kill("between_batches",
+                         line=f"episodes {target}/{tm.EPISODES} |")
+    assert after in (before, target), history
+
+  proc = tm.run_job(work, *tm.REFERENCE, cache=cache, data_dir=data)
+  assert "Resuming" in proc.stderr or after == 0
+  assert_same_as_reference(work, reference, history)
+
+
+def test_clean_exit_on_sigterm_and_sigint_then_resume(reference, tmp_path,
+                                                       tmp_path_factory):
+  """SIGTERM / Ctrl-C: the batch in progress finishes and is saved, one
+  line says how far it got and how to resume, exit 143 / 130, no
+  traceback; rerunning ends with the uninterrupted run's results."""
+  cache = tm.xla_cache(tmp_path_factory)
+  data = reference / "data"
+  work = tmp_path / "interrupted"
+
+  # During compilation of the first batch: it finishes, is saved, stop.
+  rc, log, sent = run_and_signal(work, line=COMPILING, sig=signal.SIGTERM,
+                                 cache=cache, data=data)
+  assert sent and rc == 143, (rc, log[-3000:])
+  assert ("Interrupted after 4/10 episodes; rerun the same command to "
+          "resume.") in log, log[-3000:]
+  assert "Traceback" not in log
+  assert saved_steps(work, "state")[-1] == 4
+
+  # While starting (before any batch of this process): stops at once.
+  rc, log, sent = run_and_signal(work, line="Resuming: 4 episode(s)",
+                                 sig=signal.SIGINT, cache=cache, data=data)
+  assert sent and rc == 130, (rc, log[-3000:])
+  assert "Interrupted after 4/10 episodes" in log and "Traceback" not in log
+
+  # Twice (the second once the first was handled): the batch in progress
+  # is abandoned unless it ended first; the saved state stands.
+  rc, log, sent = run_and_signal(
+      work, line=COMPILING, sig=signal.SIGINT, cache=cache, data=data,
+      then=("SIGINT received", signal.SIGINT))
+  assert sent and rc == 130, (rc, log[-3000:])
+  assert "Traceback" not in log
+  stopped = saved_steps(work, "state")[-1]
+  assert f"Interrupted after {stopped}/10 episodes" in log, log[-3000:]
+  assert stopped == (4 if "Abandoning the batch" in log else 8), log[-3000:]
+
+  tm.run_job(work, *tm.REFERENCE, cache=cache, data_dir=data)
+  assert_same_as_reference(work, reference, [])

@@ -43,7 +43,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfsl.checkpoints import big_vision, openai, readers, tensors
+from jaxfsl.checkpoints import big_vision, openai, pe_core, readers, tensors
 from jaxfsl.checkpoints.errors import CheckpointError, CheckpointWarning
 from jaxfsl.checkpoints.hf import (
     clip_config_from_hf,
@@ -87,6 +87,8 @@ class Layout:
 LAYOUTS: tuple[Layout, ...] = (
     Layout("big_vision", "npz", big_vision.matches,
            big_vision.convert_big_vision),
+    # Before OpenAI's: PE-Core's official .pt shares visual.conv1.
+    Layout("pe_core", "torch", pe_core.matches, pe_core.convert),
     Layout("openai", "torch", openai.matches, openai.convert_openai),
 )
 
@@ -107,7 +109,11 @@ class PathLoader:
 
 
 # Loaders of whole paths, tried in order before the built-in file kinds.
-PATH_LOADERS: tuple[PathLoader, ...] = ()
+PATH_LOADERS: tuple[PathLoader, ...] = (
+    # open_clip / timm folders, .safetensors and zip .pt files; its options
+    # are PE-Core's head-count overrides (pe_core.load).
+    PathLoader("pe_core", pe_core.detect, pe_core.load),
+)
 
 READERS: dict[str, Callable[[str], dict[str, np.ndarray]]] = {
     "npz": readers.read_npz,

@@ -266,9 +266,11 @@ def read_torch(path: PathLike) -> dict[str, np.ndarray]:
     state = _torchscript(path)
   else:
     state = torch_load_weights(path)
-  if (isinstance(state, Mapping) and "state_dict" in state
-      and isinstance(state["state_dict"], Mapping)):
-    state = state["state_dict"]
+  for wrapper in ("state_dict", "weights"):  # weights: PE's load_ckpt
+    if (isinstance(state, Mapping) and wrapper in state
+        and isinstance(state[wrapper], Mapping)):
+      state = state[wrapper]
+      break
   if isinstance(state, Mapping) and state and all(
       isinstance(k, str) and k.startswith("module.") for k in state):
     state = {k[len("module."):]: v for k, v in state.items()}

@@ -296,7 +296,8 @@ def finalize(config: ModelConfig, params: dict, path: PathLike, *,
     config: the architecture read from the checkpoint.
     params: the converted tree (numpy leaves), checked by ``check_params``.
     path: the checkpoint (for messages and ``Model.name``).
-    tokenizer: see ``resolve_tokenizer``.
+    tokenizer: see ``resolve_tokenizer``; None: the family's
+      ``default_tokenizer`` if it has one.
     dtype: compute dtype; parameters stay float32.
     preprocessing: the checkpoint's own, else the family's default.
 
@@ -306,6 +307,8 @@ def finalize(config: ModelConfig, params: dict, path: PathLike, *,
   """
   family = families.get(config.family)
   params = check_params(params, config, path)
+  if tokenizer is None and family.default_tokenizer is not None:
+    tokenizer = family.default_tokenizer(config.text)
   return Model(
       config=config, params=params,
       tokenizer=resolve_tokenizer(tokenizer, family.name,

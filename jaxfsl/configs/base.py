@@ -1,9 +1,16 @@
-r"""The release's settings (METHOD.md); every target config starts here.
+r"""The release's settings: the ONE home of jaxfsl's config defaults.
 
-  python -m jaxfsl.main --config configs/episodic/chestx.py --workdir DIR
+  jaxfsl-run --config configs/episodic/chestx.py --workdir DIR
+  jaxfsl-run --help --config episodic/chestx.py   # these keys and comments
 
-Every key jaxfsl knows is set below (the job runner rejects others, and
-wrong types, naming the key); override any with ``--config.KEY=VALUE``.
+Every key jaxfsl knows is set below, with a comment (``--help`` prints
+them); target configs (``configs/episodic/*.py``) start from here and
+change a few. The job rejects other keys and wrong types, naming the key;
+override any with ``--config.KEY=VALUE``. This file imports nothing from
+jaxfsl (loading a config imports no JAX).
+
+Comment convention (read by ``--help``): the comment lines just above a key,
+and the comment at the end of its line.
 """
 
 import ml_collections
@@ -17,25 +24,29 @@ def get_config(arg=None):
   # Which protocol runs the job: "episodic" (the CDFSL targets, one
   # fine-tuning per episode). ("fewshot", the 11-dataset benchmark, is planned.)
   config.protocol = "episodic"
-  # What is fine-tuned beside the frozen backbone: "lora" (prompt learners
-  # "coop" / "maple" are planned; see jaxfsl/trainables/).
+  # What is fine-tuned beside the frozen backbone: "lora" (the release;
+  # block lora.*), "coop" (CoOp's text context; block coop.*) or "maple"
+  # (MaPLe's prompts in both towers; block maple.*). See jaxfsl/trainables/.
   config.trainable = "lora"
   # Several seeds in one job: "1,2,3" runs one resumable sub-job per seed in
   # WORKDIR/seed_<s> ('': the single ``seed`` below).
   config.seeds = ""
 
+  # The backbone.
   config.model = ml_collections.ConfigDict()
   # A pretrained checkpoint (HF folder, OpenAI .pt, big_vision .npz) ...
   config.model.checkpoint = "~/jaxfsl_models/clip-vit-base-patch16"
   # ... or a random-init preset of jaxfsl.models.PRESETS (set exactly one).
   config.model.init = ""
-  config.model.init_seed = 0
-  # Random-init only: input side and vision depth (0: the preset's).
+  config.model.init_seed = 0  # Random-init only: the parameters' seed.
+  # Random-init only: input side (0: the preset's).
   config.model.image_size = 0
+  # Random-init only: vision tower depth (0: the preset's).
   config.model.vision_depth = 0
   # Tokenizer files when the checkpoint lacks them ('': the checkpoint's).
   config.model.tokenizer = ""
 
+  # The episodes' source.
   config.dataset = ml_collections.ConfigDict()
   # chestx | isic2018 | crop_disease | eurosat | image_folder/<name> |
   # synthetic (set by the target configs).
@@ -45,67 +56,99 @@ def get_config(arg=None):
   config.dataset.data_dir = ""
   # Generate the synthetic dataset when it is absent (demo only).
   config.dataset.prepare_synthetic = False
+  # The synthetic dataset (demo): classes, images per class, side, seed.
   config.dataset.synthetic = ml_collections.ConfigDict(dict(
       num_classes=10, images_per_class=40, image_size=64, seed=0))
+  # Leave classes with fewer than shot + query images out of the draw
+  # (instead of refusing the dataset).
   config.dataset.exclude_small_classes = False
   config.dataset.num_workers = 4  # Threads building episodes.
   config.dataset.prefetch = 2  # Batches prepared ahead.
 
+  # The class prompt; "{}" is replaced by the class name.
   config.prompt = "a photo of a {}."
-  config.way = 5
-  config.shot = 1
-  config.query = 15
-  # -1: 800 episodes for 1-shot, 400 otherwise (the benchmark).
+  config.way = 5  # Classes per episode.
+  config.shot = 1  # Labelled support images per class.
+  config.query = 15  # Query images per class (evaluated).
+  # Episodes of the job; -1: 800 for 1-shot, 400 otherwise (the benchmark).
   config.episodes = -1
-  # T = epochs * shot full-batch steps; steps > 0 overrides T directly.
+  # T = epochs * shot full-batch steps (the release) ...
   config.epochs = 250
+  # ... unless steps > 0, which sets T directly (-1: use epochs).
   config.steps = -1
-  config.seed = 1
+  config.seed = 1  # Episode i is a pure function of (seed, i).
   # Episodes fine-tuned at once (vmapped); rounded up to a multiple of the
   # device count. Results do not depend on it.
   config.episodes_per_batch = 4
 
+  # The loss terms and when they act (jaxfsl.method.objective.MethodConfig).
   config.method = ml_collections.ConfigDict()
   config.method.variant = "svl_ra"  # none | svl | ra | svl_ra | visual
   config.method.anti_visual_weight = 0.1  # SVL (L_ad).
   config.method.relation_weight = 3.0  # RA (L_ra).
   config.method.visual_weight = 1.0  # "FT + L_v" (variant visual).
-  config.method.stage1_fraction = 0.6  # Extra terms during 0.6 T ...
+  # Extra terms active for this fraction of T (0.6: the first 3 int(T/5)
+  # steps) ...
+  config.method.stage1_fraction = 0.6
   config.method.timing = "begin"  # ... at the beginning (or "last").
   config.method.relation_form = "release"  # Or "softmax_kl" (the paper's).
 
+  # The adapters (jaxfsl.trainables.lora.LoraConfig).
   config.lora = ml_collections.ConfigDict()
-  config.lora.rank = 16
+  config.lora.rank = 16  # r.
   config.lora.alpha = 8.0  # Scaling alpha / sqrt(rank) = 2.
-  config.lora.dropout = 0.25
-  config.lora.targets = ("q", "k", "v")
+  config.lora.dropout = 0.25  # On the LoRA branch input, training only.
+  config.lora.targets = ("q", "k", "v")  # Attention projections adapted.
   config.lora.towers = "vision"  # vision | text | both
   # all | bottom | mid | up | half-up | half-bottom, or indices "0,1,2".
   config.lora.blocks = "all"
 
-  config.optim = ml_collections.ConfigDict()
-  config.optim.lr = 2e-4
-  config.optim.b1 = 0.9
-  config.optim.b2 = 0.999
-  config.optim.eps = 1e-8
-  config.optim.weight_decay = 1e-2
-  config.optim.min_lr = 1e-6  # Cosine floor ...
-  config.optim.period_factor = 8.0  # ... over a period of 8 T.
+  # CoOp, trainable "coop" (jaxfsl.trainables.coop.CoopConfig).
+  config.coop = ml_collections.ConfigDict()
+  # Learned context vectors (ignored with ctx_init: its token count).
+  config.coop.n_ctx = 16
+  # Phrase initialising a unified context, e.g. "a photo of a" ('': random).
+  config.coop.ctx_init = ""
+  config.coop.class_specific = False  # One context per class (CSC).
+  config.coop.class_token_position = "end"  # end | middle | front
+  config.coop.init_std = 0.02  # Std of the random initialisation.
 
+  # MaPLe, trainable "maple" (jaxfsl.trainables.maple.MapleConfig).
+  config.maple = ml_collections.ConfigDict()
+  config.maple.n_ctx = 2  # Learned prompt tokens per layer.
+  # Init phrase of the layer-0 text prompts ('': random).
+  config.maple.ctx_init = "a photo of a"
+  config.maple.depth = 9  # Layers (from the first) with learned prompts.
+  config.maple.init_std = 0.02  # Std of the random prompts.
+
+  # AdamW on the adapters, cosine-annealed (jaxfsl.optim.OptimConfig).
+  config.optim = ml_collections.ConfigDict()
+  config.optim.lr = 2e-4  # Initial learning rate.
+  config.optim.b1 = 0.9  # Adam beta1.
+  config.optim.b2 = 0.999  # Adam beta2.
+  config.optim.eps = 1e-8  # Adam epsilon.
+  config.optim.weight_decay = 1e-2  # Decoupled weight decay.
+  config.optim.min_lr = 1e-6  # Cosine floor ...
+  config.optim.period_factor = 8.0  # ... over a half-period of 8 T.
+
+  # Multiplier of the cosine logits in every loss and in evaluation.
   config.logit_scale = 100.0
   # Use the checkpoint's learned temperature instead of logit_scale.
   config.use_checkpoint_logit_scale = False
   # float32 | bfloat16 | float16 matmuls (parameters stay float32; the
   # release trains in fp16 with loss scaling).
   config.compute_dtype = "float32"
+  # Rematerialise transformer blocks in the backward pass (less memory).
   config.remat = False
+  # After the extra-terms window, skip the clean support pass no loss reads
+  # (exact; compiles a second step body).
   config.skip_clean_pass_in_stage2 = True
 
   config.save_adapters = False  # Keep each episode's final adapters.
   config.eval_only = False  # Re-evaluate saved adapters, no training.
   config.restart = False  # Discard a previous run in the workdir.
-  config.jax_cache_dir = ""  # Persistent XLA compilation cache.
-  config.multihost = False  # jax.distributed.initialize() (or env
-  # JAXFSL_MULTIHOST=1).
+  config.jax_cache_dir = ""  # Persistent XLA compilation cache ('': none).
+  # Call jax.distributed.initialize() (or set env JAXFSL_MULTIHOST=1).
+  config.multihost = False
   config.demo = False  # Marks a pipeline check (demo.py).
   return config

@@ -37,6 +37,29 @@ def activation(name: str) -> Callable[[Array], Array]:
       f"unknown activation {name!r}; expected quick_gelu, gelu or gelu_tanh")
 
 
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+  """Rotates channel pairs: (a, b) -> (a cos - b sin, b cos + a sin).
+
+  The GPT-J / interleaved RoPE convention (pair 2j, 2j+1 share an angle), as
+  PE-Core's ``rope.py`` (``rotate_half`` on adjacent pairs), computed in
+  float32 and cast back.
+
+  Args:
+    x: [N, L, H, D].
+    cos, sin: float32 [L, D] (each angle repeated for its pair).
+
+  Returns:
+    [N, L, H, D] in x's dtype.
+  """
+  dtype = x.dtype
+  x = x.astype(jnp.float32)
+  pairs = x.reshape(x.shape[:-1] + (x.shape[-1] // 2, 2))
+  rotated = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(
+      x.shape)
+  y = x * cos[:, None, :] + rotated * sin[:, None, :]
+  return y.astype(dtype)
+
+
 class LayerNorm(nn.Module):
   """LayerNorm computed in float32 whatever the compute dtype (as CLIP does)."""
 
@@ -127,7 +150,8 @@ class Attention(nn.Module):
   def __call__(self, x: Array, kv: Array | None = None,
                mask: Array | None = None,
                deterministic: bool = True,
-               num_queries: int | None = None) -> Array:
+               num_queries: int | None = None,
+               rope: tuple[Array, Array] | None = None) -> Array:
     """Attention over a sequence.
 
     Args:
@@ -140,6 +164,9 @@ class Attention(nn.Module):
         ``num_queries`` positions only (keys and values still come from every
         position), equal to the first rows of the full outputs. A ViT whose
         last block feeds only its class token uses 1.
+      rope: self-attention only: (cos, sin) float32 [L, head_dim] rotary
+        tables of the L positions (``apply_rope``), applied to q and k after
+        their LoRA deltas (PE-Core's 2D RoPE).
 
     Returns:
       [N, Lq, W] ([N, num_queries, W] when given) in the compute dtype.
@@ -180,6 +207,10 @@ class Attention(nn.Module):
       return t.reshape(t.shape[:-1] + (self.heads, head_dim))
 
     q, k, v = heads_first(q), heads_first(k), heads_first(v)
+    if rope is not None:
+      cos, sin = rope
+      q = apply_rope(q, cos[:q.shape[1]], sin[:q.shape[1]])
+      k = apply_rope(k, cos, sin)
     logits = jnp.einsum("nqhd,nkhd->nhqk", q, k) * jnp.asarray(
         head_dim**-0.5, self.dtype)
     logits = logits.astype(jnp.float32)
@@ -226,14 +257,15 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x: Array, mask: Array | None = None,
                deterministic: bool = True,
-               num_queries: int | None = None) -> Array:
+               num_queries: int | None = None,
+               rope: tuple[Array, Array] | None = None) -> Array:
     """[N, L, W] -> [N, L, W]; [N, num_queries, W] when given: the outputs
-    of the first positions only (see ``Attention``)."""
+    of the first positions only (see ``Attention``); ``rope`` as there."""
     h = LayerNorm(self.norm_eps, name="ln1")(x)
     h = Attention(self.heads, dtype=self.dtype, lora_scaling=self.lora_scaling,
                   lora_dropout=self.lora_dropout, name="attn")(
                       h, mask=mask, deterministic=deterministic,
-                      num_queries=num_queries)
+                      num_queries=num_queries, rope=rope)
     if num_queries is not None:
       x = x[:, :num_queries]
     x = x + h.astype(x.dtype)

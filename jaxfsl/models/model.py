@@ -134,8 +134,9 @@ def build(config: ModelConfig | str, seed: int = 0,
   """A random-init model from a config or a preset name (see
   ``jaxfsl.models.PRESETS``), with its family's preprocessing.
 
-  Without a tokenizer, a deterministic byte-level tokenizer sized to the
-  config's vocabulary is attached, so class names can be encoded.
+  Without a tokenizer, the family's default (``Family.default_tokenizer``)
+  or else a deterministic byte-level tokenizer sized to the config's
+  vocabulary is attached, so class names can be encoded.
 
   Raises:
     ValueError: unknown preset or family.
@@ -148,6 +149,8 @@ def build(config: ModelConfig | str, seed: int = 0,
     config = families.PRESETS[config]
   family = families.get(config.family)
   params = init_params(config, jax.random.PRNGKey(seed))
+  if tokenizer is None and family.default_tokenizer is not None:
+    tokenizer = family.default_tokenizer(config.text)
   if tokenizer is None:
     from jaxfsl.tokenizers import ByteTokenizer
     tokenizer = ByteTokenizer(config.text.vocab_size,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import flax.linen as nn
@@ -9,10 +10,19 @@ import jax
 import jax.numpy as jnp
 
 from jaxfsl.models.config import ModelConfig
+from jaxfsl.models.prompting import PromptLayout, TextPrompt, VisionPrompt
 from jaxfsl.models.text import TextTower
 from jaxfsl.models.vit import VisionTower
 
 Array = jax.Array
+
+
+def _call(fn: Any, *args: Any, prompt: Any = None) -> Array:
+  # Towers without prompt support (a family's own tower) are called exactly
+  # as before; only a prompt learner's hooks need the keyword.
+  if prompt is None:
+    return fn(*args)
+  return fn(*args, prompt=prompt)
 
 
 class TwoTowers(nn.Module):
@@ -21,6 +31,11 @@ class TwoTowers(nn.Module):
   Apply with ``{"params": backbone}`` or ``{"params": backbone, "lora":
   adapters}``; methods ``encode_image``, ``embed_image``,
   ``encode_image_tokens`` and ``encode_text`` run one tower.
+
+  With ``prompt_layout`` set (a prompt learner: CoOp, MaPLe), the learner's
+  tree is read from the ``prompt_layout.collection`` variable collection when
+  the variables hold it (see ``jaxfsl.models.prompting``); without it the
+  towers run plain.
   """
 
   config: ModelConfig
@@ -28,12 +43,14 @@ class TwoTowers(nn.Module):
   lora_scaling: float = 1.0
   lora_dropout: float = 0.0
   remat: bool = False
+  prompt_layout: PromptLayout | None = None
 
   def setup(self):
     kw = dict(dtype=self.dtype, lora_scaling=self.lora_scaling,
               lora_dropout=self.lora_dropout, remat=self.remat)
-    self.img = VisionTower(self.config.vision, **kw)
-    self.txt = TextTower(self.config.text, **kw)
+    self.img = _tower(self.config.vision, VisionTower)(self.config.vision,
+                                                      **kw)
+    self.txt = _tower(self.config.text, TextTower)(self.config.text, **kw)
     self.logit_scale = self.param(
         "logit_scale", nn.initializers.constant(self.config.logit_scale_init),
         (), jnp.float32)
@@ -42,9 +59,23 @@ class TwoTowers(nn.Module):
           "logit_bias", nn.initializers.constant(self.config.logit_bias_init),
           (), jnp.float32)
 
+  def _prompt_tree(self) -> dict | None:
+    layout = self.prompt_layout
+    if layout is None or not self.has_variable(layout.collection, "ctx"):
+      return None
+    return self.variables[layout.collection]
+
+  def _vision_prompt(self) -> VisionPrompt | None:
+    tree = self._prompt_tree()
+    return None if tree is None else self.prompt_layout.vision_prompt(tree)
+
+  def _text_prompt(self) -> TextPrompt | None:
+    tree = self._prompt_tree()
+    return None if tree is None else self.prompt_layout.text_prompt(tree)
+
   def encode_image(self, pixels: Array, deterministic: bool = True) -> Array:
     """float [N, S, S, 3] normalised pixels -> float32 [N, E] features."""
-    return self.img(pixels, deterministic)
+    return _call(self.img, pixels, deterministic, prompt=self._vision_prompt())
 
   def embed_image(self, pixels: Array) -> Array:
     """float [N, S, S, 3] -> [N, P, W] frozen patch tokens."""
@@ -53,16 +84,29 @@ class TwoTowers(nn.Module):
   def encode_image_tokens(self, tokens: Array,
                           deterministic: bool = True) -> Array:
     """[N, P, W] patch tokens -> float32 [N, E] features."""
-    return self.img.encode_tokens(tokens, deterministic)
+    return _call(self.img.encode_tokens, tokens, deterministic,
+                 prompt=self._vision_prompt())
 
   def encode_text(self, token_ids: Array, deterministic: bool = True) -> Array:
     """int32 [N, L] -> float32 [N, E] features."""
-    return self.txt(token_ids, deterministic)
+    return _call(self.txt, token_ids, deterministic,
+                 prompt=self._text_prompt())
 
   def __call__(self, pixels: Array, token_ids: Array,
                deterministic: bool = True) -> tuple[Array, Array]:
     return (self.encode_image(pixels, deterministic),
             self.encode_text(token_ids, deterministic))
+
+
+def _tower(config: Any, default: type) -> type:
+  """The Flax module of a tower config: ``default``, or the one its class
+  names as ``TOWER = "module:Class"`` (a family's own tower, e.g. PE-Core's
+  RoPE ViT; imported here so that config modules stay free of JAX)."""
+  spec = getattr(type(config), "TOWER", None)
+  if spec is None:
+    return default
+  module, name = spec.split(":")
+  return getattr(importlib.import_module(module), name)
 
 
 def init_params(config: ModelConfig, rng: jax.Array) -> dict:

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from jaxfsl.models.config import VisionConfig
 from jaxfsl.models.layers import Attention, Block, Dense, LayerNorm, Mlp
+from jaxfsl.models.prompting import VisionPrompt
 
 Array = jax.Array
 
@@ -129,12 +130,16 @@ class VisionTower(nn.Module):
           f"{tuple(pixels.shape)}")
     return self.patch_embed(pixels)
 
-  def encode_tokens(self, tokens: Array, deterministic: bool = True) -> Array:
+  def encode_tokens(self, tokens: Array, deterministic: bool = True,
+                    prompt: VisionPrompt | None = None) -> Array:
     """The part of the forward pass after ``embed``.
 
     Args:
       tokens: [N, P, W] from ``embed``.
       deterministic: False enables LoRA dropout (needs a "dropout" rng).
+      prompt: optional MaPLe vision prompts (``jaxfsl.models.prompting``):
+        appended after the position embeddings, replaced before blocks,
+        dropped before the attention-pooling head; None runs the plain tower.
 
     Returns:
       float32 [N, E] projected (not normalised) image features.
@@ -146,6 +151,8 @@ class VisionTower(nn.Module):
                              (x.shape[0], 1, c.width))
       x = jnp.concatenate([cls, x], axis=1)
     x = x + self.pos_embed.astype(self.dtype)
+    if prompt is not None:
+      x = prompt.embed(x)
     if c.pre_norm:
       x = self.ln_pre(x)
     last = len(self.blocks) - 1
@@ -153,7 +160,11 @@ class VisionTower(nn.Module):
       # Only the class token of the last block reaches the output: computing
       # that row alone is exact and skips ~7% of a ViT-B/16's FLOPs.
       rows = 1 if c.pool == "cls" and i == last else None
+      if prompt is not None:
+        x = prompt.before_block(i, x)
       x = block(x, None, deterministic, rows)
+    if prompt is not None and c.pool != "cls":
+      x = prompt.strip(x)
     if c.pool == "cls":
       pooled = self.ln_post(x[:, 0])
     else:
@@ -162,6 +173,7 @@ class VisionTower(nn.Module):
       pooled = self.proj(pooled)
     return pooled.astype(jnp.float32)
 
-  def __call__(self, pixels: Array, deterministic: bool = True) -> Array:
+  def __call__(self, pixels: Array, deterministic: bool = True,
+               prompt: VisionPrompt | None = None) -> Array:
     """float [N, S, S, 3] -> float32 [N, E] image features."""
-    return self.encode_tokens(self.embed(pixels), deterministic)
+    return self.encode_tokens(self.embed(pixels), deterministic, prompt)

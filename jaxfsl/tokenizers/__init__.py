@@ -41,6 +41,7 @@ _SEARCHED = {
     "clip": ("tokenizer.json", "vocab.json + merges.txt"),
     "siglip": ("spiece.model", "tokenizer.json"),
     "siglip2": ("tokenizer.json",),
+    "pe_core": ("bpe_simple_vocab_16e6.txt.gz",),
 }
 _CONFIG_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token",
                 "mask_token", "do_lower_case", "add_bos_token",
@@ -122,10 +123,12 @@ def from_pretrained(folder: str | os.PathLike, family: str,
     folder: a checkpoint folder (Hugging Face layout) or a tokenizer file
       (``~`` expanded): a SentencePiece model (``spiece.model``, SigLIP) or a
       ``tokenizer.json`` (CLIP or SigLIP2's Gemma, by ``family``).
-    family: a tokenizer kind (``Family.tokenizer``): "clip", "siglip" or
-      "siglip2". For a folder, "siglip" finds ``spiece.model`` (SigLIP) or
-      else a Gemma ``tokenizer.json`` (SigLIP2). For a ``tokenizer.json``
-      path, "siglip" means SigLIP2 (the only SigLIP family shipping one).
+    family: a tokenizer kind (``Family.tokenizer``): "clip", "siglip",
+      "siglip2" or "pe_core" (CLIP's ``bpe_simple_vocab_16e6.txt.gz``, or a
+      folder with it; ``jaxfsl.tokenizers.pe``). For a folder, "siglip"
+      finds ``spiece.model`` (SigLIP) or else a Gemma ``tokenizer.json``
+      (SigLIP2). For a ``tokenizer.json`` path, "siglip" means SigLIP2
+      (the only SigLIP family shipping one).
     context_length: L, the model's text length (77 CLIP, 64 SigLIP).
 
   Returns:
@@ -140,10 +143,13 @@ def from_pretrained(folder: str | os.PathLike, family: str,
   family = family.lower()
   if family not in _SEARCHED:
     raise ValueError(
-        f"tokenizer family {family!r}: expected clip, siglip or siglip2")
+        f"tokenizer family {family!r}: expected one of {sorted(_SEARCHED)}")
   if context_length < 1:
     raise ValueError(f"context_length must be >= 1, got {context_length}")
   path = str(user_path(folder))
+  if family == "pe_core":  # CLIP's merges file, open_clip's conventions
+    from jaxfsl.tokenizers.pe import from_path
+    return from_path(path, context_length)
   kind, file, directory = _find(path, family)
   special = _special_config(directory)
   if kind == "spiece":

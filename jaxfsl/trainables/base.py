@@ -52,6 +52,8 @@ TOWERS = ("vision", "text")
 # name -> module that registers it; imported on first ``get_trainable``.
 _BUILTIN_MODULES = {
     "lora": "jaxfsl.trainables.lora",
+    "coop": "jaxfsl.trainables.coop",
+    "maple": "jaxfsl.trainables.maple",
 }
 _REGISTRY: dict[str, Callable[[Any], Trainable]] = {}
 

@@ -1,7 +1,7 @@
 r"""ChestX-ray14, 5-way 1-shot, the release's settings (125 epochs).
 
-  python -m jaxfsl.main --config configs/episodic/chestx.py --workdir DIR
-  python -m jaxfsl.main --config configs/episodic/chestx.py --config.shot=5 \
+  jaxfsl-run --config configs/episodic/chestx.py --workdir DIR
+  jaxfsl-run --config configs/episodic/chestx.py --config.shot=5 \
       --workdir DIR
 
 Prepare the data once: python tools/prepare_data.py --dataset chestx ...

@@ -1,7 +1,7 @@
 r"""CropDisease (PlantVillage), 5-way 1-shot, the release's settings.
 
-  python -m jaxfsl.main --config configs/episodic/cropdisease.py --workdir DIR
-  python -m jaxfsl.main --config configs/episodic/cropdisease.py --config.shot=5 \
+  jaxfsl-run --config configs/episodic/cropdisease.py --workdir DIR
+  jaxfsl-run --config configs/episodic/cropdisease.py --config.shot=5 \
       --workdir DIR
 
 Prepare the data once: python tools/prepare_data.py --dataset crop_disease ...

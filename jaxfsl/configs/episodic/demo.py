@@ -1,6 +1,6 @@
-r"""Pipeline check: the whole job on generated data, no download, ~2 min.
+r"""Pipeline check: the whole job on generated data, no download.
 
-  python -m jaxfsl.main --config configs/episodic/demo.py --workdir /tmp/demo
+  jaxfsl-run --config configs/episodic/demo.py --workdir /tmp/demo
 
 A small random-init CLIP (``tiny-clip``: 2-block ViT on 64x64 inputs) is
 fine-tuned with SVL + RA on episodes of the ``synthetic`` dataset (coloured

@@ -1,7 +1,7 @@
 r"""ISIC 2018 Task 3, 5-way 1-shot, the release's settings.
 
-  python -m jaxfsl.main --config configs/episodic/isic.py --workdir DIR
-  python -m jaxfsl.main --config configs/episodic/isic.py --config.shot=5 \
+  jaxfsl-run --config configs/episodic/isic.py --workdir DIR
+  jaxfsl-run --config configs/episodic/isic.py --config.shot=5 \
       --workdir DIR
 
 Prepare the data once: python tools/prepare_data.py --dataset isic2018 ...

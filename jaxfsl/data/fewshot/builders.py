@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from jaxfsl.data import sources
+from jaxfsl.data import images
 from jaxfsl.data.dataset import decode_image
 from jaxfsl.data.errors import (
     CorruptInputError,
@@ -125,8 +125,8 @@ class Fewshot(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     root = self._listing.image_root
     labels: list[int] = []
     files: list[str] = []
-    read = lambda item: sources.read_image_file(root / item[0])  # noqa: E731
-    for item, result in sources.ordered_map(read, items, self._num_workers):
+    read = lambda item: images.read_image_file(root / item[0])  # noqa: E731
+    for item, result in images.ordered_map(read, items, self._num_workers):
       rel, label, _ = item
       if isinstance(result, Exception):
         reason = (f"{split}: {root / rel}: cannot read image: "

@@ -9,11 +9,12 @@ separately in ``jaxfsl.checkpoints`` (``LAYOUTS``).
 from __future__ import annotations
 
 from jaxfsl.models.config import ModelConfig
-from jaxfsl.models.families import clip, siglip
+from jaxfsl.models.families import clip, pe_core, siglip
 from jaxfsl.models.families.base import Family
 
 # The registry: add a family module's FAMILY here.
-_REGISTERED: tuple[Family, ...] = (clip.FAMILY, siglip.FAMILY)
+_REGISTERED: tuple[Family, ...] = (clip.FAMILY, siglip.FAMILY,
+                                   pe_core.FAMILY)
 
 FAMILIES: dict[str, Family] = {f.name: f for f in _REGISTERED}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from jaxfsl.models.config import ModelConfig, TextConfig, VisionConfig
@@ -35,7 +35,11 @@ class Family:
     presets: named random-init configs for ``jaxfsl.build`` and benchmarks.
     vision_config, text_config: the tower config classes ``config`` builds
       (a family with its own tower, e.g. PE-Core's RoPE ViT, names its
-      subclass or own dataclass here).
+      subclass or own dataclass here). A config class may name its own Flax
+      module as ``TOWER = "module:Class"`` (``TwoTowers`` imports it).
+    default_tokenizer: text config -> the tokenizer to attach when none is
+      given (``finalize``, ``build``), or None; for a family whose
+      checkpoints ship no tokenizer files (PE-Core's packaged BPE).
   """
 
   name: str
@@ -50,6 +54,7 @@ class Family:
   presets: Mapping[str, ModelConfig] = dataclasses.field(default_factory=dict)
   vision_config: type = VisionConfig
   text_config: type = TextConfig
+  default_tokenizer: Callable[[TextConfig], Any] | None = None
 
   def config(self, vision: Mapping[str, Any], text: Mapping[str, Any],
              **top: Any) -> ModelConfig:

@@ -31,12 +31,13 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+from absl import logging
 
 from jaxfsl.method import losses, metrics
 from jaxfsl.method.objective import (
-    fuse_weight,
-    term_activity,
-    weighted_objective,
+  fuse_weight,
+  term_activity,
+  weighted_objective,
 )
 from jaxfsl.models.model import Model
 from jaxfsl.models.two_towers import TwoTowers
@@ -120,8 +121,18 @@ class EpisodeProgram:
   def __init__(self, model: Model, config: EngineConfig):
     self.model = model
     self.config = config
-    self.trainable: Trainable = get_trainable(config.trainable,
-                                              config.trainable_block)
+    trainable = get_trainable(config.trainable, config.trainable_block)
+    if hasattr(trainable, "bind"):
+      # Prompt learners read the tokenizer (where the text starts, the init
+      # phrase's tokens) and the class count (class-specific contexts).
+      trainable = trainable.bind(model, config.way)
+    self.trainable: Trainable = trainable
+    if config.method.uses_svl and not trainable.tunes_vision:
+      # L_ad depends on the image features only: with a frozen image tower it
+      # has no gradient, so its forward is skipped rather than wasted.
+      logging.info(
+          "trainable %r leaves the image features fixed: the SVL term has "
+          "no gradient and is skipped", trainable.name)
     self.module = TwoTowers(model.config, dtype=model.dtype,
                             remat=config.remat,
                             **self.trainable.module_kwargs())
@@ -266,7 +277,7 @@ class EpisodeProgram:
     relation_matrix = prev_relation
     start, end = window = cfg.window
     if with_extras:
-      if method.uses_svl:
+      if method.uses_svl and self.tune_vision:
         slots = losses.sample_shuffled_slots(slot_rng, f.shape[0], cfg.way)
         raw["anti_visual"] = losses.anti_visual_loss(f, y, slots, scale)
       if method.needs_clean_pass:
