@@ -69,11 +69,11 @@ def test_cli_parses_and_rejects():
                              "--episodes_per_batch", "2", "--steps", "4",
                              "--option", "clean_from_views=true", "--quiet"])
   assert (config.shot, config.episodes_per_batch, config.steps) == (5, 2, 4)
+  assert config.engine_options == {"clean_from_views": True} and quiet
   config, _ = cli.parse(["--episodes_per_batch", "auto",
                          "--memory_budget_gib", "0.5"])
   assert config.episodes_per_batch == "auto"
   assert config.memory_budget_bytes == 2 ** 29
-  assert config.engine_options == {"clean_from_views": True} and quiet
   result = subprocess.run(
       [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"),
        "--dtype", "float64"], capture_output=True, text=True, check=False)
