@@ -147,7 +147,9 @@ def get_config(arg=None):
   config.save_adapters = False  # Keep each episode's final adapters.
   config.eval_only = False  # Re-evaluate saved adapters, no training.
   config.restart = False  # Discard a previous run in the workdir.
-  config.jax_cache_dir = ""  # Persistent XLA compilation cache ('': none).
+  # Persistent XLA compilation cache ('': $JAXFSL_CACHE_DIR, else
+  # WORKDIR/jax_cache; 'off': none). See jaxfsl/compile_cache.py.
+  config.jax_cache_dir = ""
   # Call jax.distributed.initialize() (or set env JAXFSL_MULTIHOST=1).
   config.multihost = False
   config.demo = False  # Marks a pipeline check (demo.py).

@@ -152,17 +152,18 @@ class _Speed:
     return (self.episodes - e0) / max(now - t0, 1e-9) * 3600.0
 
 
-def setup_jax(config: ConfigDict) -> None:
-  """Multi-host initialisation and the persistent compilation cache."""
+def setup_jax(config: ConfigDict, workdir: os.PathLike[str] | None = None
+              ) -> None:
+  """Multi-host initialisation and the persistent compilation cache
+  (``jaxfsl.compile_cache``: ``config.jax_cache_dir``, else
+  ``JAXFSL_CACHE_DIR``, else ``<workdir>/jax_cache``; "off" disables)."""
+  from jaxfsl import compile_cache
+
   if config.multihost or os.environ.get(MULTIHOST_ENV) == "1":
     if not jax.distributed.is_initialized():
       jax.distributed.initialize()
-  if config.jax_cache_dir:
-    cache = user_path(config.jax_cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(cache))
-    # Episode programs compile for tens of seconds even for tiny models.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  cache = compile_cache.enable(config.jax_cache_dir or None, workdir=workdir)
+  logging.info("compilation cache: %s", cache or "off")
 
 
 FAMILY_NAMES = {"clip": "CLIP", "siglip": "SigLIP", "pe_core": "PE-Core"}
@@ -301,7 +302,7 @@ def run(config: ConfigDict, workdir: str | os.PathLike[str], *,
   t_line = config_lib.t_source(config)
   config_lib.validate(config)
   # Before anything asks JAX for devices (multi-host initialisation).
-  setup_jax(config)
+  setup_jax(config, workdir)
   config = config_lib.resolve(config, num_devices=None)
   restart = config.restart if restart is None else restart
   workdir.mkdir(parents=True, exist_ok=True)
