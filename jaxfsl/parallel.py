@@ -159,11 +159,18 @@ def prefetch_to_device(items: Iterable[Any], mesh: Mesh, size: int = 1,
     return tuple(item)
 
   iterator = iter(items)
-  queue = collections.deque(place(x) for x in
-                            itertools.islice(iterator, size + 1))
-  while queue:
-    yield queue.popleft()
-    queue.extend(place(x) for x in itertools.islice(iterator, 1))
+  try:
+    queue = collections.deque(place(x) for x in
+                              itertools.islice(iterator, size + 1))
+    while queue:
+      yield queue.popleft()
+      queue.extend(place(x) for x in itertools.islice(iterator, 1))
+  finally:
+    # Closing this generator early (an error, a stop signal) closes the
+    # source too, e.g. stops make_batches' episode threads.
+    close = getattr(iterator, "close", None)
+    if close is not None:
+      close()
 
 
 def gather(tree: Any) -> Any:

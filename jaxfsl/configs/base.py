@@ -78,7 +78,9 @@ def get_config(arg=None):
   config.steps = -1
   config.seed = 1  # Episode i is a pure function of (seed, i).
   # Episodes fine-tuned at once (vmapped); rounded up to a multiple of the
-  # device count. Results do not depend on it.
+  # device count. Results do not depend on it. -1: auto, the largest batch
+  # whose compiled program fits the device memory (GPU/TPU; one episode per
+  # device on CPU; engine.auto_episodes_per_batch).
   config.episodes_per_batch = 4
 
   # The loss terms and when they act (jaxfsl.method.objective.MethodConfig).

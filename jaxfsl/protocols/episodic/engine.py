@@ -43,10 +43,11 @@ from jaxfsl.trainables.lora import LoraConfig
 Array = jax.Array
 
 __all__ = [
-    "AUTO_MARGIN", "BATCH_KEYS", "CPU_COMPILER_OPTIONS", "NUM_STAGES", "TERMS",
-    "VARIANTS", "AutoBatch", "EngineConfig", "EpisodeBatch", "EpisodeEngine",
-    "EpisodeInputs", "EpisodeProgram", "EpisodeState", "LoraConfig",
-    "MethodConfig", "OptimConfig", "auto_episodes_per_batch", "compiled_bytes",
+    "AUTO", "AUTO_MARGIN", "BATCH_KEYS", "CPU_COMPILER_OPTIONS",
+    "NUM_STAGES", "TERMS", "VARIANTS", "AutoBatch", "EngineConfig",
+    "EpisodeBatch", "EpisodeEngine", "EpisodeInputs", "EpisodeProgram",
+    "EpisodeState", "LoraConfig", "MethodConfig", "OptimConfig",
+    "auto_episodes_per_batch", "build_engine", "compiled_bytes",
     "device_memory_budget", "episode_keys", "program_bytes", "steps_for",
 ]
 
@@ -401,3 +402,28 @@ def auto_episodes_per_batch(model: Model, config: EngineConfig,
       f"auto_episodes_per_batch: not even {d} episode(s) fit "
       f"{margin:.2f} x {budget_bytes / gib:.2f} GiB per device ({source}): "
       + "; ".join(tried) + "; use a smaller model, image size or shot")
+
+
+AUTO = -1  # config.episodes_per_batch = -1: auto_episodes_per_batch
+
+
+def build_engine(model: Model, config: EngineConfig, episodes_per_batch: int,
+                 *, mesh: Mesh | None = None,
+                 max_episodes: int | None = None,
+                 return_adapters: bool = False
+                 ) -> tuple[EpisodeEngine, int, str | None]:
+  """The job's engine and batch size, resolving ``episodes_per_batch =
+  AUTO`` (-1) with ``auto_episodes_per_batch`` (the engine then has
+  ``remat`` on when the choice needs it).
+
+  Returns:
+    (engine, episodes per batch, the choice's log line or None).
+  """
+  if episodes_per_batch != AUTO:
+    return EpisodeEngine(model, config, mesh), int(episodes_per_batch), None
+  choice = auto_episodes_per_batch(model, config, mesh=mesh,
+                                   max_episodes=max_episodes,
+                                   return_adapters=return_adapters)
+  config = dataclasses.replace(config, remat=choice.remat)
+  return (EpisodeEngine(model, config, mesh), choice.episodes_per_batch,
+          choice.reason)

@@ -52,6 +52,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from jaxfsl import parallel
 from jaxfsl.io import aggregate, reports
 from jaxfsl.io.runstate import AdapterStore, RunState
 from jaxfsl.models.model import Model
@@ -335,7 +336,11 @@ def _run(config: ConfigDict, workdir: Path, restart: bool,
   model = inputs.load_model(config)
   sampler = inputs.make_sampler(config, dataset,
                                 model.config.vision.image_size)
-  engine = engine_lib.EpisodeEngine(model, config_lib.engine_config(config))
+  engine, config.episodes_per_batch, choice = engine_lib.build_engine(
+      model, config_lib.engine_config(config), config.episodes_per_batch,
+      max_episodes=config.episodes, return_adapters=config.save_adapters)
+  if choice:
+    logging.info("%s", choice)
   info = describe(config, model, engine.config)
   logging.info("%s on %s (%s): %d-way %d-shot, %d episodes, T=%d steps, "
                "%d episodes per batch over %d device(s)", info["method"],
@@ -364,8 +369,11 @@ def _run(config: ConfigDict, workdir: Path, restart: bool,
   all_acc = ([] if not parts else
              [aggregate.percent(a)
               for a in parts[0]["stages"]["accuracy"][:, -1]])
-  batches = inputs.episode_batches(model, sampler, config,
-                                   range(next_episode, total))
+  # The next batch's host-to-device copy overlaps this batch's work.
+  batches = parallel.prefetch_to_device(
+      inputs.episode_batches(model, sampler, config,
+                             range(next_episode, total)), engine.mesh,
+      part=2)
   try:
     for indices, valid, batch in batches:
       if stop.signum is not None:
