@@ -88,10 +88,18 @@ def jit_episodes(fn: Callable[..., Any], mesh: Mesh, shared: Sequence[bool],
                  compiler_options=compiler_options)
 
 
-def _host_array(x: Any) -> Any:
-  if isinstance(x, jax.Array) and not jax.dtypes.issubdtype(
+def _placed(x: Any, sharding: NamedSharding) -> bool:
+  """Whether ``x`` is already a global episode array (``put_episodes`` /
+  ``device_put_episodes``), to be passed on without a host round trip."""
+  if not isinstance(x, jax.Array) or jax.dtypes.issubdtype(
       x.dtype, jax.dtypes.prng_key):
-    return x  # already placed (``device_put_episodes``): no round trip
+    return False
+  if jax.process_count() > 1:
+    return not x.is_fully_addressable
+  return x.sharding.is_equivalent_to(sharding, x.ndim)
+
+
+def _host_array(x: Any) -> Any:
   dtype = getattr(x, "dtype", None)
   if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
     x = jax.random.key_data(x)  # typed keys travel as their raw data
@@ -104,20 +112,20 @@ def put_episodes(tree: Any, mesh: Mesh) -> Any:
   One host: numpy copies of the leaves (``jit`` places them). Several
   hosts: ``jax.make_array_from_process_local_data``, each host
   contributing its slice (in process order). Typed PRNG keys are passed as
-  their raw key data. Leaves that are already ``jax.Array``s (from
+  their raw key data. Leaves already placed with the episode layout (from
   ``device_put_episodes``) are passed through as they are.
 
   Args:
     tree: pytree of arrays with a leading (host-local) episode axis.
     mesh: the device mesh.
   """
-  tree = jax.tree_util.tree_map(_host_array, tree)
-  if jax.process_count() == 1:
-    return tree
   sharding = episode_sharding(mesh)
+  if jax.process_count() == 1:
+    return jax.tree_util.tree_map(
+        lambda x: x if _placed(x, sharding) else _host_array(x), tree)
   return jax.tree_util.tree_map(
-      lambda x: x if isinstance(x, jax.Array) else
-      jax.make_array_from_process_local_data(sharding, x), tree)
+      lambda x: x if _placed(x, sharding) else
+      jax.make_array_from_process_local_data(sharding, _host_array(x)), tree)
 
 
 def device_put_episodes(tree: Any, mesh: Mesh) -> Any:
