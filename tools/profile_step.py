@@ -36,6 +36,13 @@ _MOVES = {"copy", "copy-start", "copy-done", "transpose", "bitcast", "reshape",
           "get-tuple-element"}
 
 
+_HEADER = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\{\s*$")
+_CALLS = re.compile(r"calls=%?([\w.\-]+)")
+_SHAPE = re.compile(r"=\s*\w+\[([\d,]*)\]")
+_FREE = ("parameter", "constant", "broadcast", "bitcast", "tuple",
+         "get-tuple-element", "iota")
+
+
 def hlo_ops(hlo_text: str) -> dict[str, tuple[str, str]]:
   """instruction name -> (opcode, op_name metadata) for every instruction."""
   ops = {}
@@ -45,6 +52,53 @@ def hlo_ops(hlo_text: str) -> dict[str, tuple[str, str]]:
       name_meta = _OP_NAME.search(line)
       ops[m.group(1)] = (m.group(2), name_meta.group(1) if name_meta else "")
   return ops
+
+
+def fusion_weights(hlo_text: str) -> dict[str, dict[str, float]]:
+  """fusion instruction name -> {category: share} from its fused
+  computation's instructions, each weighted by its output elements.
+
+  XLA fuses e.g. a LayerNorm's backward with the dropout-mask bits of the
+  LoRA branches it feeds; the fusion's own op name names only its root,
+  so its time is split over what it computes.
+  """
+  computations: dict[str, collections.Counter] = {}
+  calls: dict[str, str] = {}
+  current = None
+  for line in hlo_text.splitlines():
+    header = _HEADER.match(line)
+    if header and "=" not in line.split("(")[0]:
+      current = header.group(1)
+      computations[current] = collections.Counter()
+      continue
+    if line.strip() == "}":
+      current = None
+      continue
+    m = _LINE.match(line)
+    if not m:
+      continue
+    name, opcode = m.group(1), m.group(2)
+    call = _CALLS.search(line)
+    if opcode == "fusion" and call:
+      calls[name] = call.group(1)
+    if current is None or opcode in _FREE:
+      continue
+    shape = _SHAPE.search(line)
+    elements = 1
+    if shape and shape.group(1):
+      for d in shape.group(1).split(","):
+        elements *= int(d)
+    meta = _OP_NAME.search(line)
+    cat = categorize(opcode, meta.group(1) if meta else "", name)
+    if cat is not None:
+      computations[current][cat] += elements
+  weights = {}
+  for name, comp in calls.items():
+    counts = computations.get(comp)
+    if counts:
+      total = sum(counts.values())
+      weights[name] = {k: v / total for k, v in counts.items()}
+  return weights
 
 
 def categorize(opcode: str, op_name: str, name: str) -> str | None:
@@ -64,9 +118,9 @@ def categorize(opcode: str, op_name: str, name: str) -> str | None:
   if is_dot:
     if "_lora" in path:
       return "matmul: LoRA branch"
-    if "/attn/" in path and not any(k in path for k in ("/qkv/", "/out/")):
-      return "matmul: attention (QK^T, AV)"
-    return "matmul: dense (qkv, out, MLP, patch, proj)"
+    # XLA drops the op name of some dots (the attention einsums among
+    # them): they land here.
+    return "matmul: dense + attention"
   if opcode in _MOVES or name.startswith(("copy", "transpose", "bitcast",
                                           "slice", "concatenate")):
     return "copies / transposes / slices"
@@ -82,9 +136,12 @@ def categorize(opcode: str, op_name: str, name: str) -> str | None:
   return "other"
 
 
-def breakdown(trace_events: list[dict], ops: dict[str, tuple[str, str]]
+def breakdown(trace_events: list[dict], ops: dict[str, tuple[str, str]],
+              weights: dict[str, dict[str, float]] | None = None
               ) -> tuple[dict[str, float], collections.Counter]:
-  """Seconds per category and per op, from a perfetto trace's events."""
+  """Seconds per category and per op, from a perfetto trace's events; a
+  fusion's time is split by ``weights`` (``fusion_weights``) when given."""
+  weights = weights or {}
   per_cat: dict[str, float] = collections.defaultdict(float)
   per_op: collections.Counter = collections.Counter()
   for e in trace_events:
@@ -98,7 +155,8 @@ def breakdown(trace_events: list[dict], ops: dict[str, tuple[str, str]]
     if cat is None:
       continue
     seconds = e.get("dur", 0) / 1e6
-    per_cat[cat] += seconds
+    for part, share in weights.get(name, {cat: 1.0}).items():
+      per_cat[part] += seconds * share
     per_op[f"{name} [{cat}]"] += seconds
   return dict(per_cat), per_op
 
@@ -130,7 +188,8 @@ def main(argv=None) -> dict:
   compile_seconds = step.compile()
   stage1, _ = benchmarking.stage_steps(config)
   jax.block_until_ready(step(stage1))
-  ops = hlo_ops(step.compiled.as_text())
+  hlo = step.compiled.as_text()
+  ops, weights = hlo_ops(hlo), fusion_weights(hlo)
   os.makedirs(args.out, exist_ok=True)
   start = time.perf_counter()
   jax.profiler.start_trace(args.out, create_perfetto_trace=True)
@@ -143,7 +202,7 @@ def main(argv=None) -> dict:
   with gzip.open(path) as f:
     trace = json.load(f)
   events = trace["traceEvents"] if isinstance(trace, dict) else trace
-  per_cat, per_op = breakdown(events, ops)
+  per_cat, per_op = breakdown(events, ops, weights)
   total = sum(per_cat.values())
   report = {
       "model": args.model, "shot": args.shot, "dtype": args.dtype,
