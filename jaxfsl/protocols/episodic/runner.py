@@ -52,7 +52,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxfsl import parallel
+from jaxfsl import compile_cache, parallel
 from jaxfsl.io import aggregate, reports
 from jaxfsl.io.runstate import AdapterStore, RunState
 from jaxfsl.models.model import Model
@@ -158,8 +158,6 @@ def setup_jax(config: ConfigDict, workdir: os.PathLike[str] | None = None
   """Multi-host initialisation and the persistent compilation cache
   (``jaxfsl.compile_cache``: ``config.jax_cache_dir``, else
   ``JAXFSL_CACHE_DIR``, else ``<workdir>/jax_cache``; "off" disables)."""
-  from jaxfsl import compile_cache
-
   if config.multihost or os.environ.get(MULTIHOST_ENV) == "1":
     if not jax.distributed.is_initialized():
       jax.distributed.initialize()
@@ -380,9 +378,14 @@ def _run(config: ConfigDict, workdir: Path, restart: bool,
         break
       if ran == 0:
         logging.info("%s", COMPILING)
-      out = engine.run_batch(
-          batch, engine_lib.episode_keys(config.seed, host_slice(indices)),
-          episode_ids=indices, return_adapters=config.save_adapters)
+      with compile_cache.CompileMonitor() as compiles:
+        out = engine.run_batch(
+            batch, engine_lib.episode_keys(config.seed, host_slice(indices)),
+            episode_ids=indices, return_adapters=config.save_adapters)
+      if compiles.compiles:
+        logging.info("Compiled %d program(s) in %.1f s (%d read from the "
+                     "persistent compilation cache)", compiles.compiles,
+                     compiles.seconds, compiles.cache_hits)
       out = aggregate.take_outputs(out, valid)
       done_idx = indices[valid]
       if adapters is not None:
