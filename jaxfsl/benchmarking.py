@@ -238,7 +238,9 @@ class BenchmarkConfig:
     shot: support images per class (way 5, 15 queries, 5 views).
     episodes_per_batch: E, episodes in one vmapped step.
     steps: timed steps (after ``warmup`` untimed ones).
-    dtype: compute dtype of the jaxfsl model, "float32" or "bfloat16".
+    dtype: compute dtype of the jaxfsl model: "float32", "bfloat16" or
+      "float16" (with dynamic loss scaling unless engine_options say).
+    episodes_per_batch: E, or "auto" (``auto_episodes_per_batch``).
     variant: the method's loss terms (``MethodConfig.variant``).
     trainable: what is fine-tuned (``config.trainable``).
     against: "torch" to time the PyTorch reference in the same run.
@@ -250,11 +252,20 @@ class BenchmarkConfig:
       analysis, run nothing (sizing E without the memory for it).
     seed: data and init seed.
     torch_threads: torch intra-op threads (default: torch's own choice).
+    memory_budget_bytes: with ``episodes_per_batch="auto"``, the bytes per
+      device to fit (default: the device's ``bytes_limit``; CPUs have
+      none: one episode per device).
+    cache_dir: persistent compilation cache used to measure the warm-cache
+      compile time; default: a fresh temporary directory (so the first
+      compile is a cold one). "off": no second compile.
+    host_wait_batches: > 0: also measure the host-wait fraction over that
+      many batches of whole episodes from the real pipeline (``host_wait``).
+    host_wait_steps: T of those episodes (default: the configured T).
   """
 
   model: str = "clip-vit-b16"
   shot: int = 1
-  episodes_per_batch: int = 1
+  episodes_per_batch: int | str = 1
   steps: int = 3
   dtype: str = "float32"
   variant: str = "svl_ra"
@@ -266,13 +277,21 @@ class BenchmarkConfig:
   compile_only: bool = False
   seed: int = 0
   torch_threads: int | None = None
+  memory_budget_bytes: int | None = None
+  cache_dir: str | None = None
+  host_wait_batches: int = 0
+  host_wait_steps: int | None = None
+
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
+          "float16": jnp.float16}
 
 
 def load(name: str, dtype: str):
   """A preset (random init) or a checkpoint, computing in ``dtype``."""
   from jaxfsl.models import PRESETS, build
 
-  jdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
+  jdtype = DTYPES[dtype]
   if name in PRESETS:
     return build(name, dtype=jdtype)
   if os.path.exists(name):
@@ -340,8 +359,12 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] | None = None,
   log = log or (lambda _: None)
   if cfg.steps < 1 and not cfg.compile_only:
     raise ValueError(f"steps must be >= 1, got {cfg.steps}")
-  if cfg.dtype not in ("float32", "bfloat16"):
-    raise ValueError(f"dtype {cfg.dtype!r}: expected float32 or bfloat16")
+  if cfg.dtype not in DTYPES:
+    raise ValueError(f"dtype {cfg.dtype!r}: expected one of {sorted(DTYPES)}")
+  if cfg.dtype == "float16" and "loss_scaling" not in cfg.engine_options:
+    # float16 trains as the release's AMP does: with dynamic loss scaling.
+    cfg = dataclasses.replace(cfg, engine_options={
+        **cfg.engine_options, "loss_scaling": "dynamic"})
   if cfg.against not in (None, "torch"):
     raise ValueError(f"--against {cfg.against!r}: expected torch")
   if cfg.against == "torch" and reference is None:
@@ -355,16 +378,26 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] | None = None,
   model = load(cfg.model, cfg.dtype)
   total_steps = config.steps
   devices = jax.devices()
-  if cfg.episodes_per_batch % len(devices):
-    raise ValueError(f"episodes_per_batch={cfg.episodes_per_batch} is not a "
-                     f"multiple of the {len(devices)} devices")
+  choice = None
+  if cfg.episodes_per_batch == "auto":
+    from jaxfsl.protocols.episodic.engine import auto_episodes_per_batch
+
+    auto = auto_episodes_per_batch(model, config, cfg.memory_budget_bytes)
+    log(auto.reason)
+    choice = auto.reason
+    cfg = dataclasses.replace(cfg, episodes_per_batch=auto.episodes_per_batch)
+    config = dataclasses.replace(config, remat=auto.remat)
+  if not isinstance(cfg.episodes_per_batch, int) or \
+      cfg.episodes_per_batch < 1 or cfg.episodes_per_batch % len(devices):
+    raise ValueError(f"episodes_per_batch={cfg.episodes_per_batch!r}: "
+                     "expected 'auto' or a positive multiple of the "
+                     f"{len(devices)} devices")
   engine = EpisodeEngine(model, config)
   rss_before = max_rss_bytes()
   log(f"building {cfg.episodes_per_batch} episode(s) of {model.name}")
   step = JaxStep(engine, cfg.episodes_per_batch, cfg.seed)
-  log("compiling the step")
-  compile_seconds = step.compile()
-  log(f"compiled in {compile_seconds:.1f} s")
+  compile_seconds, warm_seconds, warm_hit = compile_cold_and_warm(
+      step, cfg.cache_dir, log)
   stage1, stage2 = stage_steps(config)
   common = {
       "model": model.name,
@@ -373,7 +406,11 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] | None = None,
       "trainable": cfg.trainable,
       "shot": cfg.shot,
       "episodes_per_batch": cfg.episodes_per_batch,
+      "episodes_per_batch_choice": choice,
+      "remat": config.remat,
       "compile_seconds": compile_seconds,
+      "compile_seconds_warm_cache": warm_seconds,
+      "warm_compile_hit_cache": warm_hit,
       "backbone_bytes": tree_bytes(model.params),
       "episode_state_bytes": tree_bytes(step.state),
       "episode_inputs_bytes": tree_bytes(step.inputs),
@@ -410,6 +447,16 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] | None = None,
   log(f"timing {cfg.steps} step(s) of {sorted(fns)}, interleaved")
   times = interleaved(fns, cfg.steps)
   peak, peak_kind = peak_memory_bytes()
+  waits = {}
+  if cfg.host_wait_batches > 0:
+    options = {} if cfg.host_wait_steps is None else {
+        "steps": cfg.host_wait_steps}
+    wait_engine = EpisodeEngine(model, dataclasses.replace(config,
+                                                           **options))
+    log(f"host-wait run: {cfg.host_wait_batches} batch(es) of "
+        f"{cfg.episodes_per_batch} episode(s), T={wait_engine.config.steps}")
+    waits = host_wait(wait_engine, cfg.host_wait_batches,
+                      cfg.episodes_per_batch, log=log)
 
   e = cfg.episodes_per_batch
   m = config.way * config.shot
@@ -452,9 +499,13 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] | None = None,
       "peak_memory_bytes": peak,
       "peak_memory_kind": peak_kind,
       "rss_before_step_bytes": rss_before,
+      "uptime_load": _load_average(),
+      **waits,
   }
   if reference is not None:
     torch_seconds = median(times["torch"])
+    paired = [e * t / j for j, t in zip(times["jaxfsl"], times["torch"],
+                                        strict=True)]
     report.update({
         "torch_step_seconds": torch_seconds,
         "torch_step_seconds_all": times["torch"],
@@ -463,9 +514,10 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] | None = None,
         "speedup_vs_torch": (e / seconds) / (1.0 / torch_seconds),
         # The same from each round's adjacent pair of steps, then the
         # median: steadier when the machine's load drifts during the run.
-        "speedup_vs_torch_paired": median(
-            [e * t / j for j, t in zip(times["jaxfsl"], times["torch"],
-                                       strict=True)]),
+        "speedup_vs_torch_paired": median(paired),
+        "speedup_vs_torch_paired_all": paired,
+        "speedup_vs_torch_paired_spread": spread(paired),
+        "pairs": len(paired),
         "torch_threads": reference.threads,
         "torch_attn_implementation": reference.attn_implementation,
         "torch_version": reference.torch.__version__,
@@ -477,3 +529,133 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] | None = None,
           "launches), not by compute; this speed-up says nothing about "
           "real backbones (time clip-vit-b16 for that)")
   return report
+
+
+# ------------------------------------------------------ host wait fraction
+
+
+def synthetic_sampler(config, image_size: int, num_classes: int = 10,
+                      per_class: int = 20, seed: int = 0):
+  """An ``EpisodeSampler`` over the synthetic dataset (coloured shapes,
+  ``jaxfsl.data.synthetic``) held in memory: the real episode pipeline
+  (sampling, augmentation, resizing, threads) without a prepared dataset."""
+  from jaxfsl import data
+  from jaxfsl.data import synthetic
+
+  if num_classes < config.way:
+    raise ValueError(f"num_classes {num_classes} < way {config.way}")
+  if per_class < config.shot + config.query:
+    raise ValueError(f"per_class {per_class} < shot + query "
+                     f"{config.shot + config.query}")
+  labels = np.repeat(np.arange(num_classes), per_class)
+  images = [synthetic.make_image(seed, int(c), i, 64)
+            for i, c in enumerate(labels)]
+  dataset = data.InMemoryDataset(images, labels,
+                                 synthetic.class_names(num_classes))
+  return data.EpisodeSampler(dataset, image_size=image_size, way=config.way,
+                             shot=config.shot, query=config.query, seed=seed)
+
+
+def host_wait(engine, num_batches: int, episodes_per_batch: int,
+              num_workers: int = 2, prefetch: bool = True,
+              log: Callable[[str], None] | None = None) -> dict:
+  """The fraction of wall time the device waits on the host.
+
+  Runs ``num_batches`` + 1 batches of whole episodes (``run_batch``) fed
+  by the real pipeline (``synthetic_sampler`` -> ``make_batches`` ->
+  ``parallel.prefetch_to_device``); the first batch (compilation, pipeline
+  start) is not timed. The host-wait time is the time spent blocked in the
+  input iterator: the device is idle then, since ``run_batch`` returns only
+  when its batch is done.
+
+  Returns:
+    {"host_wait_fraction": wait / total, "host_wait_seconds",
+    "host_wait_total_seconds", "host_wait_batches",
+    "host_wait_episodes_per_batch", "host_wait_steps", "host_wait_prefetch"}.
+  """
+  from jaxfsl.protocols.episodic.batch import make_batches
+  from jaxfsl.protocols.episodic.engine import episode_keys
+
+  if num_batches < 1:
+    raise ValueError(f"num_batches must be >= 1, got {num_batches}")
+  log = log or (lambda _: None)
+  e = episodes_per_batch
+  sampler = synthetic_sampler(engine.config,
+                              engine.model.config.vision.image_size)
+  items = make_batches(engine.model, sampler, range((num_batches + 1) * e),
+                       e, num_workers=num_workers)
+  if prefetch:
+    items = parallel.prefetch_to_device(items, engine.mesh, part=2)
+  items = iter(items)
+  indices, _, batch = next(items)
+  log("host-wait run: compiling on the first batch")
+  engine.run_batch(batch, episode_keys(0, indices), episode_ids=indices)
+  wait = 0.0
+  start = time.perf_counter()
+  for _ in range(num_batches):
+    before = time.perf_counter()
+    indices, _, batch = next(items)
+    wait += time.perf_counter() - before
+    engine.run_batch(batch, episode_keys(0, indices), episode_ids=indices)
+  total = time.perf_counter() - start
+  return {"host_wait_fraction": wait / total,
+          "host_wait_seconds": wait,
+          "host_wait_total_seconds": total,
+          "host_wait_batches": num_batches,
+          "host_wait_episodes_per_batch": e,
+          "host_wait_steps": engine.config.steps,
+          "host_wait_prefetch": prefetch}
+
+
+def spread(xs: Sequence[float]) -> dict:
+  """min, max and the interquartile range of ``xs`` (for ratios/timings)."""
+  xs = sorted(float(x) for x in xs)
+  if len(xs) == 1:
+    return {"min": xs[0], "max": xs[0], "iqr": 0.0}
+  q = statistics.quantiles(xs, n=4, method="inclusive")
+  return {"min": xs[0], "max": xs[-1], "iqr": q[2] - q[0]}
+
+
+def compile_cold_and_warm(step: JaxStep, cache_dir: str | None,
+                          log: Callable[[str], None]
+                          ) -> tuple[float, float | None, bool | None]:
+  """Compiles ``step`` with an empty persistent cache, then again (in-memory
+  caches cleared) from that cache.
+
+  Returns:
+    (cold seconds, warm seconds or None with ``cache_dir="off"``, whether
+    the warm compile was served by the cache).
+  """
+  import tempfile
+
+  from jaxfsl import compile_cache
+
+  if cache_dir is not None and str(cache_dir).lower() in compile_cache.OFF:
+    log("compiling the step")
+    seconds = step.compile()
+    log(f"compiled in {seconds:.1f} s")
+    return seconds, None, None
+  temporary = None
+  if cache_dir is None:
+    temporary = tempfile.TemporaryDirectory(prefix="jaxfsl_bench_cache_")
+    cache_dir = temporary.name
+  compile_cache.enable(cache_dir)
+  try:
+    log(f"compiling the step (cold; cache {cache_dir})")
+    cold = step.compile()
+    jax.clear_caches()
+    with compile_cache.CompileMonitor() as monitor:
+      warm = step.compile()
+    log(f"compiled in {cold:.1f} s cold, {warm:.1f} s from the cache")
+  finally:
+    compile_cache.disable()
+    if temporary is not None:
+      temporary.cleanup()
+  return cold, warm, monitor.cache_hits > 0
+
+
+def _load_average() -> list[float] | None:
+  try:
+    return [round(x, 2) for x in os.getloadavg()]
+  except OSError:
+    return None

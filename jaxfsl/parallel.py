@@ -14,7 +14,9 @@ between hosts; the engine, the eval-only path and the benchmark use it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import collections
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -86,7 +88,18 @@ def jit_episodes(fn: Callable[..., Any], mesh: Mesh, shared: Sequence[bool],
                  compiler_options=compiler_options)
 
 
-def _host_array(x: Any) -> np.ndarray:
+def _placed(x: Any, sharding: NamedSharding) -> bool:
+  """Whether ``x`` is already a global episode array (``put_episodes`` /
+  ``device_put_episodes``), to be passed on without a host round trip."""
+  if not isinstance(x, jax.Array) or jax.dtypes.issubdtype(
+      x.dtype, jax.dtypes.prng_key):
+    return False
+  if jax.process_count() > 1:
+    return not x.is_fully_addressable
+  return x.sharding.is_equivalent_to(sharding, x.ndim)
+
+
+def _host_array(x: Any) -> Any:
   dtype = getattr(x, "dtype", None)
   if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
     x = jax.random.key_data(x)  # typed keys travel as their raw data
@@ -99,18 +112,73 @@ def put_episodes(tree: Any, mesh: Mesh) -> Any:
   One host: numpy copies of the leaves (``jit`` places them). Several
   hosts: ``jax.make_array_from_process_local_data``, each host
   contributing its slice (in process order). Typed PRNG keys are passed as
-  their raw key data.
+  their raw key data. Leaves already placed with the episode layout (from
+  ``device_put_episodes``) are passed through as they are.
 
   Args:
     tree: pytree of arrays with a leading (host-local) episode axis.
     mesh: the device mesh.
   """
-  tree = jax.tree_util.tree_map(_host_array, tree)
-  if jax.process_count() == 1:
-    return tree
   sharding = episode_sharding(mesh)
+  if jax.process_count() == 1:
+    return jax.tree_util.tree_map(
+        lambda x: x if _placed(x, sharding) else _host_array(x), tree)
   return jax.tree_util.tree_map(
-      lambda x: jax.make_array_from_process_local_data(sharding, x), tree)
+      lambda x: x if _placed(x, sharding) else
+      jax.make_array_from_process_local_data(sharding, _host_array(x)), tree)
+
+
+def device_put_episodes(tree: Any, mesh: Mesh) -> Any:
+  """This host's episodes -> device arrays sharded over the episode axis,
+  the copy started asynchronously (``put_episodes``' layout; several hosts:
+  the global arrays)."""
+  tree = put_episodes(tree, mesh)
+  if jax.process_count() > 1:
+    return tree  # make_array_from_process_local_data placed them already
+  return jax.device_put(tree, episode_sharding(mesh))
+
+
+def prefetch_to_device(items: Iterable[Any], mesh: Mesh, size: int = 1,
+                       part: int | None = None) -> Iterator[Any]:
+  """Yields ``items`` with their episode arrays already on the devices.
+
+  While the caller runs batch i, the host-to-device copies of the next
+  ``size`` batches are in flight (``jax.device_put`` returns at once), so
+  the device does not wait for the transfer of batch i + 1.
+
+  Args:
+    items: e.g. ``make_batches``' (indices, valid, EpisodeBatch) tuples.
+    mesh: the device mesh.
+    size: batches placed ahead (>= 1); each holds its device memory.
+    part: with tuple items, the index of the element to place (the others,
+      host-side bookkeeping, pass unchanged); None places the whole item.
+
+  Raises:
+    ValueError: ``size`` < 1.
+  """
+  if size < 1:
+    raise ValueError(f"prefetch size must be >= 1, got {size}")
+
+  def place(item):
+    if part is None:
+      return device_put_episodes(item, mesh)
+    item = list(item)
+    item[part] = device_put_episodes(item[part], mesh)
+    return tuple(item)
+
+  iterator = iter(items)
+  try:
+    queue = collections.deque(place(x) for x in
+                              itertools.islice(iterator, size + 1))
+    while queue:
+      yield queue.popleft()
+      queue.extend(place(x) for x in itertools.islice(iterator, 1))
+  finally:
+    # Closing this generator early (an error, a stop signal) closes the
+    # source too, e.g. stops make_batches' episode threads.
+    close = getattr(iterator, "close", None)
+    if close is not None:
+      close()
 
 
 def gather(tree: Any) -> Any:

@@ -33,6 +33,26 @@ def test_tiny_model_one_step():
   assert report["images_per_episode_step"] == 30  # 25 views + 5 clean
   assert "mfu" in report  # None on CPU
   assert len(report["step_seconds_all"]) == 1
+  # The same program compiled again is read from the persistent cache.
+  assert report["compile_seconds_warm_cache"] > 0
+  assert report["warm_compile_hit_cache"] is True
+  assert report["episodes_per_batch_choice"] is None
+
+
+def test_auto_batch_and_host_wait_fraction():
+  report = benchmarking.run(benchmarking.BenchmarkConfig(
+      model="tiny-clip", steps=1, warmup=0, episodes_per_batch="auto",
+      cache_dir="off", host_wait_batches=2, host_wait_steps=2))
+  # CPU, no budget: one episode per device, and the log line says why.
+  assert report["episodes_per_batch"] == 1
+  assert "no bytes_limit" in report["episodes_per_batch_choice"]
+  assert report["compile_seconds_warm_cache"] is None
+  assert 0 <= report["host_wait_fraction"] <= 1
+  assert report["host_wait_total_seconds"] > 0
+  assert report["host_wait_batches"] == 2 and report["host_wait_steps"] == 2
+  with pytest.raises(ValueError, match="episodes_per_batch='many'"):
+    benchmarking.run(benchmarking.BenchmarkConfig(
+        model="tiny-clip", episodes_per_batch="many"))
 
 
 def _cli():
@@ -50,9 +70,13 @@ def test_cli_parses_and_rejects():
                              "--option", "clean_from_views=true", "--quiet"])
   assert (config.shot, config.episodes_per_batch, config.steps) == (5, 2, 4)
   assert config.engine_options == {"clean_from_views": True} and quiet
+  config, _ = cli.parse(["--episodes_per_batch", "auto",
+                         "--memory_budget_gib", "0.5"])
+  assert config.episodes_per_batch == "auto"
+  assert config.memory_budget_bytes == 2 ** 29
   result = subprocess.run(
       [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"),
-       "--dtype", "float16"], capture_output=True, text=True, check=False)
+       "--dtype", "float64"], capture_output=True, text=True, check=False)
   assert result.returncode != 0 and "dtype" in result.stderr
 
 
@@ -111,4 +135,7 @@ def test_against_torch_on_tiny_model_has_caveat():
   report = _cli().main(["--model", "tiny-clip", "--steps", "1", "--warmup",
                         "0", "--against", "torch", "--quiet"])
   assert report["torch_step_seconds"] > 0
+  assert report["pairs"] == 1
+  spread = report["speedup_vs_torch_paired_spread"]
+  assert spread["min"] == spread["max"] == report["speedup_vs_torch_paired"]
   assert "overheads" in report["speedup_caveat"]

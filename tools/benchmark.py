@@ -12,11 +12,18 @@ configs/base.py),
 unknown, e.g. CPUs), ``compile_seconds``, ``peak_memory_bytes`` (device peak
 bytes in use, or the process's max RSS on CPU), ``compiled_memory`` (XLA's
 temp/argument buffer sizes of the step), ``episode_state_bytes``,
-``backbone_bytes``, ``device_kind``, ``device_count``; with
+``backbone_bytes``, ``device_kind``, ``device_count``;
+``episodes_per_batch_choice`` (with ``--episodes_per_batch auto``: what was
+chosen and why), ``compile_seconds_warm_cache`` (the same program compiled
+again from the persistent cache), ``uptime_load`` (1/5/15-min load
+averages: the machine's other work), with ``--host_wait_batches``
+``host_wait_fraction`` (time blocked on the input pipeline / wall time); with
 ``--against torch`` also ``torch_step_seconds`` and ``speedup_vs_torch``
 (episodes per second, jaxfsl / torch), timed interleaved in this process,
-and ``speedup_caveat`` when the model is too small for the ratio to mean
-anything. The PyTorch step is ``tools/torch_reference.py``.
+``speedup_vs_torch_paired`` (median over the ``--steps`` adjacent pairs)
+with its ``_spread`` (min, max, IQR), and ``speedup_caveat`` when the model
+is too small for the ratio to mean anything. The PyTorch step is
+``tools/torch_reference.py``.
 
 XLA flags are read when JAX starts: set ``XLA_FLAGS`` in the environment.
 """
@@ -42,11 +49,16 @@ def parse(argv=None) -> tuple[benchmarking.BenchmarkConfig, bool]:
                  help="preset (clip-vit-b16, clip-vit-l14, siglip-b16, "
                  "tiny-clip, ...) or checkpoint path")
   p.add_argument("--shot", type=int, default=1)
-  p.add_argument("--episodes_per_batch", type=int, default=1)
+  p.add_argument("--episodes_per_batch", type=_batch_size, default=1,
+                 help="E, or 'auto': the largest that fits the device "
+                 "memory (XLA's memory analysis)")
+  p.add_argument("--memory_budget_gib", type=float, default=None,
+                 help="with --episodes_per_batch auto: GiB per device "
+                 "(default: the device's bytes_limit; CPUs: none)")
   p.add_argument("--steps", type=int, default=3, help="timed steps")
   p.add_argument("--warmup", type=int, default=1,
                  help="untimed steps after compiling")
-  p.add_argument("--dtype", choices=("float32", "bfloat16"),
+  p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                  default="float32")
   p.add_argument("--variant", choices=VARIANTS, default="svl_ra")
   p.add_argument("--trainable", choices=available_trainables(),
@@ -64,6 +76,15 @@ def parse(argv=None) -> tuple[benchmarking.BenchmarkConfig, bool]:
                  help="extra EngineConfig field (bool/int/float), repeatable")
   p.add_argument("--compile_only", action="store_true",
                  help="compile and report memory analysis, run nothing")
+  p.add_argument("--cache_dir", default=None,
+                 help="compilation cache for the warm-cache compile time "
+                 "(default: a fresh temporary one; 'off': skip)")
+  p.add_argument("--host_wait_batches", type=int, default=0,
+                 help="> 0: also run that many batches of whole episodes "
+                 "from the real pipeline (synthetic data) and report the "
+                 "fraction of wall time spent waiting on the host")
+  p.add_argument("--host_wait_steps", type=int, default=None,
+                 help="T of the host-wait episodes (default: the config's)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--quiet", action="store_true", help="no progress on stderr")
   args = p.parse_args(argv)
@@ -80,8 +101,22 @@ def parse(argv=None) -> tuple[benchmarking.BenchmarkConfig, bool]:
       against=args.against,
       time_stage2=args.time_stage2, engine_options=options,
       warmup=args.warmup, compile_only=args.compile_only, seed=args.seed,
-      torch_threads=args.torch_threads)
+      torch_threads=args.torch_threads,
+      memory_budget_bytes=(None if args.memory_budget_gib is None
+                           else int(args.memory_budget_gib * 2 ** 30)),
+      cache_dir=args.cache_dir, host_wait_batches=args.host_wait_batches,
+      host_wait_steps=args.host_wait_steps)
   return config, args.quiet
+
+
+def _batch_size(value: str):
+  if value == "auto":
+    return value
+  try:
+    return int(value)
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f"{value!r}: expected an integer or 'auto'") from None
 
 
 def _literal(value: str):

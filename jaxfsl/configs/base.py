@@ -80,7 +80,9 @@ def get_config(arg=None):
   config.steps = -1
   config.seed = 1  # Episode i is a pure function of (seed, i).
   # Episodes fine-tuned at once (vmapped); rounded up to a multiple of the
-  # device count. Results do not depend on it.
+  # device count. Results do not depend on it. -1: auto, the largest batch
+  # whose compiled program fits the device memory (GPU/TPU; one episode per
+  # device on CPU; engine.auto_episodes_per_batch).
   config.episodes_per_batch = 4
 
   # The loss terms and when they act (jaxfsl.method.objective.MethodConfig).
@@ -149,7 +151,9 @@ def get_config(arg=None):
   config.save_adapters = False  # Keep each episode's final adapters.
   config.eval_only = False  # Re-evaluate saved adapters, no training.
   config.restart = False  # Discard a previous run in the workdir.
-  config.jax_cache_dir = ""  # Persistent XLA compilation cache ('': none).
+  # Persistent XLA compilation cache ('': $JAXFSL_CACHE_DIR, else
+  # WORKDIR/jax_cache; 'off': none). See jaxfsl/compile_cache.py.
+  config.jax_cache_dir = ""
   # Call jax.distributed.initialize() (or set env JAXFSL_MULTIHOST=1).
   config.multihost = False
   config.demo = False  # Marks a pipeline check (demo.py).

@@ -165,6 +165,8 @@ def install_for_eval(adapters: Adapters, config: Any,
                             resolved.to_json(indent=2))
   store = _adapter_store()(workdir / "adapters")
   epb = int(resolved.episodes_per_batch)
+  if epb < 1:  # -1: auto, sized at training time; any grouping reads back
+    epb = 16
   try:
     for start in range(0, int(resolved.episodes), epb):
       indices = np.arange(start, min(start + epb, resolved.episodes))

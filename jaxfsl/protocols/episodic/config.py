@@ -267,8 +267,11 @@ def job_problems(config: ConfigDict) -> list[str]:
       problems.append(f"config key 'seeds': {e}")
   # A 1-way episode is trivially 100% accurate: at least 2 classes.
   need(c.way >= 2, "way", ">= 2")
-  for key in ("shot", "query", "epochs", "episodes_per_batch"):
+  for key in ("shot", "query", "epochs"):
     need(c[key] >= 1, key, ">= 1")
+  need(c.episodes_per_batch >= 1 or c.episodes_per_batch == -1,
+       "episodes_per_batch", ">= 1 (or -1: auto, the largest batch that "
+       "fits the device memory)")
   need(c.episodes >= 1 or c.episodes == -1, "episodes",
        ">= 1 (or -1: 800 for 1-shot, 400 otherwise)")
   need(c.steps >= 1 or c.steps == -1, "steps", ">= 1 (or -1: epochs * shot)")
@@ -459,7 +462,9 @@ def resolve(config: ConfigDict, num_devices: int | None = None) -> ConfigDict:
     import jax
 
     num_devices = jax.device_count()
-  rounded = round_up_batch(c.episodes_per_batch, num_devices)
+  # -1 (auto) is resolved by the runner once the model is built.
+  rounded = (c.episodes_per_batch if c.episodes_per_batch == -1 else
+             round_up_batch(c.episodes_per_batch, num_devices))
   if rounded != c.episodes_per_batch:
     from absl import logging
 

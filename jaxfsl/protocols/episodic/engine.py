@@ -17,6 +17,7 @@ settings ``MethodConfig`` (``jaxfsl.method.objective``), the optimiser's
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -42,10 +43,12 @@ from jaxfsl.trainables.lora import LoraConfig
 Array = jax.Array
 
 __all__ = [
-    "BATCH_KEYS", "CPU_COMPILER_OPTIONS", "NUM_STAGES", "TERMS", "VARIANTS",
-    "EngineConfig", "EpisodeBatch", "EpisodeEngine", "EpisodeInputs",
-    "EpisodeProgram", "EpisodeState", "LoraConfig", "MethodConfig",
-    "OptimConfig", "episode_keys", "steps_for",
+    "AUTO", "AUTO_MARGIN", "BATCH_KEYS", "CPU_COMPILER_OPTIONS",
+    "NUM_STAGES", "TERMS", "VARIANTS", "AutoBatch", "EngineConfig",
+    "EpisodeBatch", "EpisodeEngine", "EpisodeInputs", "EpisodeProgram",
+    "EpisodeState", "LoraConfig", "MethodConfig", "OptimConfig",
+    "auto_episodes_per_batch", "build_engine", "compiled_bytes",
+    "device_memory_budget", "episode_keys", "program_bytes", "steps_for",
 ]
 
 
@@ -208,3 +211,219 @@ def episode_keys(seed: int, indices) -> Array:
   base = jax.random.PRNGKey(seed)
   return jax.vmap(lambda i: jax.random.fold_in(base, i))(
       jnp.asarray(indices, jnp.uint32))
+
+
+# ------------------------------------------------- episodes_per_batch "auto"
+
+# Fraction of the memory budget the chosen batch may use: XLA's static
+# buffer sizes leave out the allocator's fragmentation, the runtime's own
+# workspace (cuDNN/cuBLAS, collectives) and the host-to-device copies of
+# the next batch.
+AUTO_MARGIN = 0.85
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoBatch:
+  """What ``auto_episodes_per_batch`` chose.
+
+  Attributes:
+    episodes_per_batch: E, a multiple of the mesh's episode-axis size.
+    remat: whether the engine must rematerialise blocks for E to fit.
+    bytes_per_device: XLA's static size of the chosen program per device
+      (arguments + outputs + temporaries - aliased), bytes.
+    budget_bytes: the per-device budget it was chosen against, bytes.
+    reason: one line for the log.
+  """
+
+  episodes_per_batch: int
+  remat: bool
+  bytes_per_device: int
+  budget_bytes: int | None
+  reason: str
+
+
+def compiled_bytes(compiled: Any) -> int | None:
+  """Bytes per device a compiled program needs, from XLA's memory analysis
+  (arguments + outputs + temporaries - outputs aliased to arguments); None
+  where the backend does not report it."""
+  try:
+    stats = compiled.memory_analysis()
+  except Exception:  # noqa: BLE001 - not every backend implements it.
+    return None
+  if stats is None:
+    return None
+  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes +
+             stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+
+
+def device_memory_budget() -> tuple[int | None, str]:
+  """(bytes, source): the smallest ``bytes_limit`` of this host's devices
+  (``Device.memory_stats()``, GPU/TPU), or (None, why) where no device
+  reports one (CPU)."""
+  limits = []
+  for device in jax.local_devices():
+    try:
+      stats = device.memory_stats() or {}
+    except Exception:  # noqa: BLE001 - backends without memory stats raise.
+      stats = {}
+    if "bytes_limit" in stats:
+      limits.append(int(stats["bytes_limit"]))
+  if not limits:
+    return None, f"{jax.local_devices()[0].platform} reports no bytes_limit"
+  return min(limits), f"{jax.local_devices()[0].device_kind} bytes_limit"
+
+
+def _batch_struct(engine: EpisodeEngine, num_episodes: int):
+  """Abstract (shape/dtype only) run_batch arguments for E episodes."""
+  cfg, model = engine.config, engine.model
+  s = model.config.vision.image_size
+  m, q, e = cfg.way * cfg.shot, cfg.way * cfg.query, num_episodes
+  u8, i32 = np.uint8, np.int32
+  sds = jax.ShapeDtypeStruct
+  batch = EpisodeBatch(
+      support_views=sds((e, cfg.num_views, m, s, s, 3), u8),
+      support=sds((e, m, s, s, 3), u8),
+      support_labels=sds((e, m), i32),
+      query=sds((e, q, s, s, 3), u8),
+      query_labels=sds((e, q), i32),
+      text_ids=sds((e, cfg.way, model.config.text.context_length), i32))
+  rngs = jax.eval_shape(episode_keys, 0, np.arange(e))
+  return batch, rngs
+
+
+def program_bytes(engine: EpisodeEngine, num_episodes: int,
+                  return_adapters: bool = False) -> int | None:
+  """Bytes per device of ``engine.run_batch``'s program for E episodes,
+  from compiling it on abstract inputs (nothing is allocated or run)."""
+  batch, rngs = _batch_struct(engine, num_episodes)
+  params = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype),
+      engine.model.params)
+  compiled = engine._batch_fn(return_adapters).lower(
+      params, batch, rngs).compile()
+  return compiled_bytes(compiled)
+
+
+def auto_episodes_per_batch(model: Model, config: EngineConfig,
+                            budget_bytes: int | None = None, *,
+                            mesh: Mesh | None = None,
+                            max_episodes: int | None = None,
+                            margin: float = AUTO_MARGIN,
+                            return_adapters: bool = False) -> AutoBatch:
+  """The largest episodes_per_batch whose program fits the device memory.
+
+  The run_batch program is compiled (not run) for d and 2d episodes (d: the
+  mesh's episode-axis size) and XLA's memory analysis of each
+  (``compiled_bytes``) is extrapolated linearly in E: bytes(E) = fixed +
+  per_step * E / d (the backbone and code are fixed; inputs, activations,
+  trainable and optimiser state grow per episode). The largest multiple of
+  d with bytes(E) <= margin * budget is then compiled to confirm it (and
+  halved until it fits, should XLA's sizes not be linear). When not even d
+  episodes fit, the same is tried with blocks rematerialised
+  (``EngineConfig.remat``); the caller then builds its engine with
+  ``remat=True``.
+
+  Args:
+    model: the backbone.
+    config: the episode program's settings.
+    budget_bytes: bytes per device; default: the devices' ``bytes_limit``
+      (GPU/TPU). CPUs report none: without a budget one episode per device
+      is chosen (CPUs gain no throughput from larger batches).
+    mesh: as ``EpisodeEngine``'s.
+    max_episodes: an upper bound (e.g. the job's episode count), rounded
+      up to a multiple of d.
+    margin: fraction of the budget the program may use (``AUTO_MARGIN``).
+    return_adapters: size the program that returns the adapters.
+
+  Returns:
+    ``AutoBatch`` with the choice and a one-line reason.
+
+  Raises:
+    ValueError: bad ``budget_bytes``/``margin``/``max_episodes``, or not
+      even d episodes fit with remat (names the sizes).
+  """
+  errors = []
+  if budget_bytes is not None and budget_bytes <= 0:
+    errors.append(f"budget_bytes {budget_bytes!r}: expected > 0")
+  if not 0 < margin <= 1:
+    errors.append(f"margin {margin!r}: expected in (0, 1]")
+  if max_episodes is not None and max_episodes < 1:
+    errors.append(f"max_episodes {max_episodes!r}: expected >= 1")
+  if errors:
+    raise ValueError("auto_episodes_per_batch: " + "; ".join(errors))
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  d = int(mesh.shape[parallel.episode_axis(mesh)])
+  source = "given budget"
+  if budget_bytes is None:
+    budget_bytes, source = device_memory_budget()
+    if budget_bytes is None:
+      return AutoBatch(d, config.remat, 0, None,
+                       f"episodes_per_batch=auto -> {d}: {source} and no "
+                       "memory budget was given; one episode per device "
+                       "(CPUs gain no throughput from larger batches)")
+  cap = None if max_episodes is None else -(-max_episodes // d)
+  limit = margin * budget_bytes
+  gib = 2.0 ** 30
+  tried = []
+  for remat in ((False, True) if not config.remat else (True,)):
+    engine = EpisodeEngine(model, dataclasses.replace(config, remat=remat),
+                           mesh)
+    one = program_bytes(engine, d, return_adapters)
+    if one is None:
+      raise ValueError("auto_episodes_per_batch: this backend reports no "
+                       "memory analysis; set episodes_per_batch explicitly")
+    two = program_bytes(engine, 2 * d, return_adapters)
+    per_step = max(two - one, 1)
+    fixed = one - per_step
+    k = int((limit - fixed) // per_step)
+    tried.append(f"remat={remat}: {one / gib:.2f} GiB for {d} episode(s), "
+                 f"+{per_step / gib:.3f} GiB per {d} more")
+    if k < 1:
+      continue
+    if cap is not None:
+      k = min(k, cap)
+    while True:
+      size = one if k == 1 else two if k == 2 else program_bytes(
+          engine, k * d, return_adapters)
+      if size <= limit or k == 1:
+        break
+      k = max(1, k // 2)
+    if size > limit:
+      continue
+    e = k * d
+    capped = " (capped by the episode count)" if cap is not None and \
+        k == cap else ""
+    reason = (f"episodes_per_batch=auto -> {e}{capped}: "
+              f"{size / gib:.2f} GiB per device of a {budget_bytes / gib:.2f}"
+              f" GiB budget ({source}, margin {margin:.2f}); "
+              + "; ".join(tried))
+    return AutoBatch(e, remat, size, budget_bytes, reason)
+  raise ValueError(
+      f"auto_episodes_per_batch: not even {d} episode(s) fit "
+      f"{margin:.2f} x {budget_bytes / gib:.2f} GiB per device ({source}): "
+      + "; ".join(tried) + "; use a smaller model, image size or shot")
+
+
+AUTO = -1  # config.episodes_per_batch = -1: auto_episodes_per_batch
+
+
+def build_engine(model: Model, config: EngineConfig, episodes_per_batch: int,
+                 *, mesh: Mesh | None = None,
+                 max_episodes: int | None = None,
+                 return_adapters: bool = False
+                 ) -> tuple[EpisodeEngine, int, str | None]:
+  """The job's engine and batch size, resolving ``episodes_per_batch =
+  AUTO`` (-1) with ``auto_episodes_per_batch`` (the engine then has
+  ``remat`` on when the choice needs it).
+
+  Returns:
+    (engine, episodes per batch, the choice's log line or None).
+  """
+  if episodes_per_batch != AUTO:
+    return EpisodeEngine(model, config, mesh), int(episodes_per_batch), None
+  choice = auto_episodes_per_batch(model, config, mesh=mesh,
+                                   max_episodes=max_episodes,
+                                   return_adapters=return_adapters)
+  config = dataclasses.replace(config, remat=choice.remat)
+  return (EpisodeEngine(model, config, mesh), choice.episodes_per_batch,
+          choice.reason)

@@ -8,13 +8,18 @@ from typing import Any
 import numpy as np
 
 from jaxfsl.method.objective import (
-    MethodConfig,
-    active_window,
-    evaluation_steps,
+  MethodConfig,
+  active_window,
+  evaluation_steps,
 )
 from jaxfsl.optim import OptimConfig
 from jaxfsl.protocols.episodic.batch import NUM_VIEWS
 from jaxfsl.trainables.lora import LoraConfig
+
+LOSS_SCALING = ("none", "dynamic")
+# torch.amp.GradScaler's defaults (the release trains with torch AMP).
+LOSS_SCALE_INIT = 2.0 ** 16
+LOSS_SCALE_GROWTH_STEPS = 2000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +53,13 @@ class EngineConfig:
       with its own dropout masks. Saves M of N + M images per window step;
       g then shares view 0's dropout masks, so results differ from the
       release's beyond rounding.
+    loss_scaling: "none", or "dynamic" for float16 compute: the loss is
+      multiplied by a scale before differentiation and the gradients
+      divided by it; a step whose gradients overflow is skipped and the
+      scale halved, and the scale doubles after ``LOSS_SCALE_GROWTH_STEPS``
+      finite steps in a row (PyTorch's ``GradScaler`` defaults, which the
+      release's AMP uses: initial 2**16, growth 2, backoff 0.5, interval
+      2000). Parameters, optimiser state and losses stay float32.
     cpu_tuning: on CPU devices, compile with ``CPU_COMPILER_OPTIONS``
       (faster, rounding-level differences only); options already set in
       ``XLA_FLAGS`` are left to it. No effect on GPU/TPU.
@@ -70,6 +82,7 @@ class EngineConfig:
   skip_clean_pass_in_stage2: bool = True
   num_views: int = NUM_VIEWS
   clean_from_views: bool = False
+  loss_scaling: str = "none"
   cpu_tuning: bool = True
 
   def __post_init__(self):
@@ -82,6 +95,9 @@ class EngineConfig:
     if isinstance(self.logit_scale, str) and self.logit_scale != "checkpoint":
       errors.append(f"logit_scale {self.logit_scale!r}: expected a number "
                     "or 'checkpoint'")
+    if self.loss_scaling not in LOSS_SCALING:
+      errors.append(f"loss_scaling {self.loss_scaling!r}: expected one of "
+                    f"{LOSS_SCALING}")
     if errors:
       raise ValueError("; ".join(errors))
 

@@ -75,6 +75,10 @@ def run(config: ConfigDict, workdir: Path,
   sampler = inputs.make_sampler(config, dataset,
                                 model.config.vision.image_size)
   engine = engine_lib.EpisodeEngine(model, config_lib.engine_config(config))
+  if config.episodes_per_batch == engine_lib.AUTO:
+    # Evaluation holds no optimiser state or backward pass: one episode
+    # per device needs no sizing.
+    config.episodes_per_batch = jax.device_count()
   info = runner.describe(config, model, engine.config)
   records = []
   start = time.time()

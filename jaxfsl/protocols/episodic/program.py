@@ -43,7 +43,11 @@ from jaxfsl.models.model import Model
 from jaxfsl.models.two_towers import TwoTowers
 from jaxfsl.optim import optimizer_from_config
 from jaxfsl.protocols.episodic.batch import EpisodeBatch
-from jaxfsl.protocols.episodic.engine_config import EngineConfig
+from jaxfsl.protocols.episodic.engine_config import (
+    LOSS_SCALE_GROWTH_STEPS,
+    LOSS_SCALE_INIT,
+    EngineConfig,
+)
 from jaxfsl.trainables import Trainable, get_trainable
 
 Array = jax.Array
@@ -59,6 +63,10 @@ class EpisodeState:
     prev_relation: float32 [N, M], A_v of the previous step (RA target).
     loss: float32 [], last total loss.
     first_nonfinite_step: int32 [], -1 until a loss is NaN/inf.
+    loss_scale: float32 [], the dynamic loss scale (``EngineConfig.
+      loss_scaling == "dynamic"``), else None.
+    finite_steps: int32 [], finite steps since the scale last changed
+      (dynamic loss scaling), else None.
   """
 
   adapters: Any
@@ -66,6 +74,8 @@ class EpisodeState:
   prev_relation: Array
   loss: Array
   first_nonfinite_step: Array
+  loss_scale: Array | None = None
+  finite_steps: Array | None = None
 
 
 @flax.struct.dataclass
@@ -214,12 +224,16 @@ class EpisodeProgram:
     tree = self.trainable.init(rng, backbone, self.model.config)
     n = inputs.view_tokens.shape[0]
     m = inputs.clean_tokens.shape[0]
+    dynamic = self.config.loss_scaling == "dynamic"
     return EpisodeState(
         adapters=tree,
         opt_state=self.optimizer.init(tree),
         prev_relation=jnp.zeros((n, m), jnp.float32),
         loss=jnp.zeros((), jnp.float32),
         first_nonfinite_step=jnp.asarray(-1, jnp.int32),
+        loss_scale=(jnp.asarray(LOSS_SCALE_INIT, jnp.float32) if dynamic
+                    else None),
+        finite_steps=jnp.asarray(0, jnp.int32) if dynamic else None,
     )
 
   # ------------------------------------------------------------- train step
@@ -303,11 +317,25 @@ class EpisodeProgram:
       (new state, metrics: the variant's weighted terms and ``total``,
       float32 [] each).
     """
+    scale = state.loss_scale  # None: no loss scaling
+
     def grads_of(with_extras):
       def run(adapters):
-        loss_fn = lambda a: self.loss_terms(  # noqa: E731
-            a, backbone, batch, state.prev_relation, step, rng, with_extras)
-        return jax.value_and_grad(loss_fn, has_aux=True)(adapters)
+        def loss_fn(a):
+          total, aux = self.loss_terms(a, backbone, batch,
+                                       state.prev_relation, step, rng,
+                                       with_extras)
+          if scale is None:
+            return total, aux
+          # Differentiate scale * loss so that float16 gradients do not
+          # underflow; the reported loss stays unscaled.
+          return total * scale, {**aux, "unscaled": total}
+        (total, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            adapters)
+        if scale is not None:
+          total = aux.pop("unscaled")
+          grads = jax.tree_util.tree_map(lambda g: g / scale, grads)
+        return (total, aux), grads
       return run
 
     start, end = self.config.window
@@ -322,6 +350,11 @@ class EpisodeProgram:
     updates, opt_state = self.optimizer.update(grads, state.opt_state,
                                                state.adapters)
     adapters = optax.apply_updates(state.adapters, updates)
+    loss_scale, finite_steps = state.loss_scale, state.finite_steps
+    if scale is not None:
+      adapters, opt_state, loss_scale, finite_steps = _dynamic_scale_update(
+          grads, (adapters, opt_state), (state.adapters, state.opt_state),
+          scale, finite_steps)
     finite = jnp.isfinite(total)
     first_bad = jnp.where(
         (state.first_nonfinite_step < 0) & ~finite, step,
@@ -329,7 +362,8 @@ class EpisodeProgram:
     new_state = EpisodeState(
         adapters=adapters, opt_state=opt_state,
         prev_relation=aux.pop("relation_matrix"), loss=total,
-        first_nonfinite_step=first_bad)
+        first_nonfinite_step=first_bad, loss_scale=loss_scale,
+        finite_steps=finite_steps)
     aux["total"] = total
     return new_state, aux
 
@@ -441,3 +475,27 @@ class EpisodeProgram:
         "first_nonfinite_step": state.first_nonfinite_step,
         "adapters": state.adapters,
     }
+
+
+def _dynamic_scale_update(grads: Any, updated: Any, previous: Any,
+                          scale: Array, finite_steps: Array
+                          ) -> tuple[Any, Any, Array, Array]:
+  """torch.amp.GradScaler's rule: keep the update when every gradient is
+  finite (doubling the scale after ``LOSS_SCALE_GROWTH_STEPS`` such steps
+  in a row), else keep the previous adapters and optimiser state (the step
+  is skipped, as GradScaler skips ``optimizer.step()``) and halve the scale
+  (never below 1).
+
+  Returns:
+    (adapters, opt_state, new scale float32 [], finite steps int32 []).
+  """
+  finite = jnp.all(jnp.asarray(
+      [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
+  adapters, opt_state = jax.tree_util.tree_map(
+      lambda new, old: jnp.where(finite, new, old), updated, previous)
+  grown = finite_steps + 1 >= LOSS_SCALE_GROWTH_STEPS
+  new_scale = jnp.where(finite, jnp.where(grown, scale * 2.0, scale),
+                        jnp.maximum(scale * 0.5, 1.0))
+  new_count = jnp.where(finite & ~grown, finite_steps + 1, 0)
+  return (adapters, opt_state, new_scale.astype(jnp.float32),
+          new_count.astype(jnp.int32))

@@ -52,7 +52,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxfsl import distributed
+from jaxfsl import compile_cache, distributed, parallel
 from jaxfsl.io import aggregate, reports
 from jaxfsl.io.runstate import AdapterStore, RunState
 from jaxfsl.models.model import Model
@@ -153,15 +153,22 @@ class _Speed:
     return (self.episodes - e0) / max(now - t0, 1e-9) * 3600.0
 
 
-def setup_jax(config: ConfigDict) -> None:
-  """Multi-host initialisation and the persistent compilation cache."""
+def setup_jax(config: ConfigDict, workdir: os.PathLike[str] | None = None
+              ) -> None:
+  """Multi-host initialisation and the persistent compilation cache
+  (``jaxfsl.compile_cache``: ``config.jax_cache_dir``, else
+  ``JAXFSL_CACHE_DIR``, else ``<workdir>/jax_cache``; "off" disables)."""
   distributed.initialize(config.multihost)
-  if config.jax_cache_dir:
-    cache = user_path(config.jax_cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(cache))
-    # Episode programs compile for tens of seconds even for tiny models.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  if (jax.process_count() > 1 and not config.jax_cache_dir
+      and not os.environ.get(compile_cache.CACHE_ENV)):
+    # On CPU hosts, gloo fails a collective when processes arrive > 30 s
+    # apart, and only process 0 writes the cache (docs/scaling.md): the
+    # default cache stays off on several processes unless asked for.
+    logging.info("compilation cache: off (several processes; set "
+                 "config.jax_cache_dir to use one)")
+    return
+  cache = compile_cache.enable(config.jax_cache_dir or None, workdir=workdir)
+  logging.info("compilation cache: %s", cache or "off")
 
 
 FAMILY_NAMES = {"clip": "CLIP", "siglip": "SigLIP", "pe_core": "PE-Core"}
@@ -300,7 +307,7 @@ def run(config: ConfigDict, workdir: str | os.PathLike[str], *,
   t_line = config_lib.t_source(config)
   config_lib.validate(config)
   # Before anything asks JAX for devices (multi-host initialisation).
-  setup_jax(config)
+  setup_jax(config, workdir)
   config = config_lib.resolve(config, num_devices=None)
   restart = config.restart if restart is None else restart
   with distributed.main_process_first("workdir"):
@@ -337,7 +344,11 @@ def _run(config: ConfigDict, workdir: Path, restart: bool,
   model = inputs.load_model(config)
   sampler = inputs.make_sampler(config, dataset,
                                 model.config.vision.image_size)
-  engine = engine_lib.EpisodeEngine(model, config_lib.engine_config(config))
+  engine, config.episodes_per_batch, choice = engine_lib.build_engine(
+      model, config_lib.engine_config(config), config.episodes_per_batch,
+      max_episodes=config.episodes, return_adapters=config.save_adapters)
+  if choice:
+    logging.info("%s", choice)
   info = describe(config, model, engine.config)
   logging.info("%s on %s (%s): %d-way %d-shot, %d episodes, T=%d steps, "
                "%d episodes per batch over %d device(s)", info["method"],
@@ -366,17 +377,25 @@ def _run(config: ConfigDict, workdir: Path, restart: bool,
   all_acc = ([] if not parts else
              [aggregate.percent(a)
               for a in parts[0]["stages"]["accuracy"][:, -1]])
-  batches = inputs.episode_batches(model, sampler, config,
-                                   range(next_episode, total))
+  # The next batch's host-to-device copy overlaps this batch's work.
+  batches = parallel.prefetch_to_device(
+      inputs.episode_batches(model, sampler, config,
+                             range(next_episode, total)), engine.mesh,
+      part=2)
   try:
     for indices, valid, batch in batches:
       if stop.signum is not None:
         break
       if ran == 0:
         logging.info("%s", COMPILING)
-      out = engine.run_batch(
-          batch, engine_lib.episode_keys(config.seed, host_slice(indices)),
-          episode_ids=indices, return_adapters=config.save_adapters)
+      with compile_cache.CompileMonitor() as compiles:
+        out = engine.run_batch(
+            batch, engine_lib.episode_keys(config.seed, host_slice(indices)),
+            episode_ids=indices, return_adapters=config.save_adapters)
+      if compiles.compiles:
+        logging.info("Compiled %d program(s) in %.1f s (%d read from the "
+                     "persistent compilation cache)", compiles.compiles,
+                     compiles.seconds, compiles.cache_hits)
       out = aggregate.take_outputs(out, valid)
       done_idx = indices[valid]
       if adapters is not None:
