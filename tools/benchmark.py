@@ -155,4 +155,11 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  from jaxfsl.checkpoints import CheckpointError
+
+  try:
+    main()
+  except (ValueError, FileNotFoundError, CheckpointError) as e:
+    # A bad --model / option: one line naming it, no traceback.
+    print(f"ERROR: {e}", file=sys.stderr)
+    sys.exit(2)
