@@ -39,6 +39,7 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxfsl import optim
 from jaxfsl.method import losses, objective
 from jaxfsl.models.model import Model
 from jaxfsl.models.two_towers import TwoTowers
@@ -126,13 +127,11 @@ class TrainState(train_state.TrainState):
 
 def make_optimizer(cfg: TrainerConfig) -> optax.GradientTransformation:
   """AdamW with torch's ``CosineAnnealingLR(T_max=T, eta_min=min_lr)``
-  stepped per iteration: lr_k = min_lr + (lr - min_lr)(1 + cos(pi k / T))/2
-  (= ``optax.cosine_decay_schedule`` with alpha = min_lr / lr); see
-  ``jaxfsl.optim`` for why optax's AdamW equals torch's."""
-  schedule = optax.cosine_decay_schedule(cfg.lr, cfg.steps,
-                                         alpha=cfg.min_lr / cfg.lr)
-  return optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                     weight_decay=cfg.weight_decay)
+  stepped per iteration (CLIP-LoRA's): the episodic protocol's
+  ``jaxfsl.optim.release_optimizer`` with a period of T instead of 8 T."""
+  return optim.release_optimizer(
+      cfg.steps, base_lr=cfg.lr, betas=(cfg.b1, cfg.b2), eps=cfg.eps,
+      weight_decay=cfg.weight_decay, min_lr=cfg.min_lr, period_factor=1)
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -314,8 +313,8 @@ class FewshotTrainer:
 
   def tx_lr(self, step: Array) -> Array:
     cfg = self.config
-    return optax.cosine_decay_schedule(cfg.lr, cfg.steps,
-                                       alpha=cfg.min_lr / cfg.lr)(step)
+    return optim.release_schedule(cfg.steps, cfg.lr, cfg.min_lr,
+                                  period_factor=1)(step)
 
   def train_step(self, state: TrainState, batch: Mapping[str, Any],
                  rng: Array) -> tuple[TrainState, dict]:
