@@ -4,25 +4,14 @@ assertion), the protocol's defaults, and the flag checks."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
 
 import pytest
+from test_benchmark import _cli
 
 from jaxfsl import benchmarking
 from jaxfsl.benchmarking import fewshot
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _cli():
-  spec = importlib.util.spec_from_file_location(
-      "benchmark_cli", os.path.join(ROOT, "tools", "benchmark.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def test_fewshot_protocol_on_tiny_model(capsys):
