@@ -18,7 +18,8 @@ def _expected_dense(vision, pool_mlp: int) -> int:
           + 2 * t * w * 2 * w  # keys and values of every token
           + 2 * w * w  # output projection
           + 2 * 2 * w * pool_mlp)  # MLP on the pooled token
-  return blocks + pool + 2 * w * vision.embed_dim
+  proj = 2 * w * vision.embed_dim if vision.proj else 0  # SigLIP: none
+  return blocks + pool + proj
 
 
 def test_pe_core_g_pool_mlp_is_4w_not_the_blocks_width():
