@@ -30,7 +30,7 @@ def test_fewshot_protocol_on_tiny_model(capsys):
     value = report[key]
     assert isinstance(value, (int, float)) and math.isfinite(value), key
     assert value > 0, key
-  assert report["protocol"] == "fewshot"
+  assert (report["protocol"], report["model"]) == ("fewshot", "tiny-clip")
   assert (report["batch_size"], report["classes"], report["image_size"],
           report["variant"]) == (4, 5, 32, "svl_ra")
   assert report["lora_towers"] == "both" and report["lora_rank"] == 2

@@ -272,7 +272,9 @@ def run_fewshot(cfg: FewshotBenchmarkConfig,
   tcfg = runner.trainer_config(config)
   model = runner.load_model(config)
   size = model.config.vision.image_size
-  report = {"protocol": "fewshot", "model": model.name, "dtype": cfg.dtype,
+  # The job rebuilds a preset from its (possibly resized) architecture, so
+  # the model names itself "random-init:custom": report what was asked.
+  report = {"protocol": "fewshot", "model": cfg.model, "dtype": cfg.dtype,
             "variant": tcfg.variant, "lora_towers": tcfg.lora.towers,
             "lora_rank": tcfg.lora.rank, "batch_size": tcfg.batch_size,
             "classes": cfg.classes, "image_size": size,
