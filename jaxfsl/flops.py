@@ -10,8 +10,10 @@ on the targeted projections, per block:
   attn   = 2 T T W [q k^T, all heads] + 2 T T W [weights @ v]
   lora   = per target 2 T W r + 2 T r W [x a, then (x a) b]
 
-and once per image the projection 2 W E of the pooled token (SigLIP's MAP
-head is counted as one cross-attention block with a single query). The patch
+and once per image the projection 2 W E of the pooled token (an attention
+pool, SigLIP's MAP head or PE-Core's, is counted as one cross-attention
+block with a single query, its MLP of width ``pool_mlp_dim`` where the
+tower has one, 4 W in PE-Core whatever the blocks' width, else F). The patch
 embedding is not counted: the engine computes it once per episode in
 ``prepare``, outside the step (the PyTorch reference, run the release's
 way, does pay its 2 (S/p)^2 (3 p^2) W FLOPs per image every step).
@@ -136,8 +138,10 @@ def vision_flops(config: VisionConfig, lora_rank: int = 16,
   lora = blocks * len(lora_targets) * 2 * (2 * t * w * lora_rank)
   if config.pool == "map":
     # One probe query: q 2 W W, k and v over T tokens, 1 x T attention, out,
-    # MLP on one token.
-    dense += 2 * w * w + 2 * t * w * 2 * w + 2 * w * w + 2 * 2 * w * f
+    # MLP on one token. PE-Core's pool MLP is 4 W wide even where the
+    # blocks' is not (G: 6144 against 8960); SigLIP's is the blocks'.
+    pool_f = getattr(config, "pool_mlp_dim", None) or f
+    dense += 2 * w * w + 2 * t * w * 2 * w + 2 * w * w + 2 * 2 * w * pool_f
     attention += 2 * (2 * t * w)
   if config.proj:
     dense += 2 * w * config.embed_dim

@@ -1,15 +1,19 @@
-"""Episodes over devices and hosts: the mesh, shardings, put and gather.
+"""Data parallelism over devices and hosts: the mesh, shardings, put and
+gather.
 
-Every program jaxfsl runs over a batch of episodes has the same layout: one
-shared, replicated backbone and a leading episode axis E on everything else,
-sharded over the first axis of a device mesh. On one host the caller passes
-numpy arrays with all E episodes. On several hosts
-(``jax.distributed.initialize()``) each host passes only its own
-E / process_count episodes (``put_episodes`` assembles the global arrays)
-and receives the results of all E (``gather``).
+Every program jaxfsl runs has the same layout: one shared, replicated
+backbone (and, in the few-shot trainer, replicated adapters and optimizer
+state) and a leading data axis on everything else, sharded over the first
+axis of a device mesh. In the episodic protocol that axis holds E episodes;
+in the few-shot protocol it holds the B rows of a minibatch
+(``shard_batch``). On one host the caller passes numpy arrays with the whole
+axis. On several hosts (``jax.distributed.initialize()``) each host passes
+only its own share (``put_episodes`` assembles the global arrays) and
+receives the results of all (``gather``).
 
-This is the only module that builds shardings or moves episode arrays
-between hosts; the engine, the eval-only path and the benchmark use it.
+This is the only module that builds shardings or moves data arrays between
+hosts; the episode engine, the eval-only path, the few-shot trainer and the
+benchmark use it.
 """
 
 from __future__ import annotations
@@ -38,9 +42,17 @@ def episode_axis(mesh: Mesh) -> str:
   return mesh.axis_names[0]
 
 
+def data_sharding(mesh: Mesh, axis: int = 0) -> NamedSharding:
+  """Array axis ``axis`` split over the mesh's first (data) axis, every
+  other axis replicated: episodes, minibatch rows, or (``axis=1``) the rows
+  of each chunk of a chunked computation."""
+  return NamedSharding(mesh, PartitionSpec(*([None] * axis),
+                                           episode_axis(mesh)))
+
+
 def episode_sharding(mesh: Mesh) -> NamedSharding:
   """Leading axis split over the episode axis, the rest replicated."""
-  return NamedSharding(mesh, PartitionSpec(episode_axis(mesh)))
+  return data_sharding(mesh)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -136,6 +148,22 @@ def device_put_episodes(tree: Any, mesh: Mesh) -> Any:
   if jax.process_count() > 1:
     return tree  # make_array_from_process_local_data placed them already
   return jax.device_put(tree, episode_sharding(mesh))
+
+
+def shard_batch(tree: Any, mesh: Mesh) -> Any:
+  """A data-parallel minibatch -> device arrays with its rows (leading axis)
+  split over the mesh's first axis, the copy started asynchronously.
+
+  The episodes' layout and put (``device_put_episodes``), for the few-shot
+  trainer's batches: on one host pass all B rows; on several hosts each
+  host passes its own B / process_count rows (in process order) and gets
+  the global arrays.
+
+  Args:
+    tree: pytree of arrays [rows, ...] (numpy or already placed).
+    mesh: the device mesh.
+  """
+  return device_put_episodes(tree, mesh)
 
 
 def prefetch_to_device(items: Iterable[Any], mesh: Mesh, size: int = 1,

@@ -242,18 +242,3 @@ def test_train_batches_depend_only_on_seed_and_step():
   out = list(ev.iterate())
   assert len(out) == 3 and out[-1]["images"].shape[0] == 4
   assert out[-1]["mask"].tolist() == [True, False, False, False]
-
-
-def test_benchmark_tool_pipeline(capsys):
-  import importlib.util
-  from pathlib import Path
-  path = Path(__file__).resolve().parents[1] / "tools" / "benchmark_fewshot.py"
-  spec = importlib.util.spec_from_file_location("_bench_fs", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  assert module.main(["--model", "tiny-clip", "--image_size", "32",
-                      "--skip_trainer", "--pipeline_batches", "2",
-                      "--batch", "4", "--source_images", "8",
-                      "--source_size", "64", "--threads", "2"]) == 0
-  line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-  assert line["what"] == "pipeline" and line["images_per_s"] > 0

@@ -154,12 +154,14 @@ import json, sys
 sys.path.insert(0, {tests!r})
 import jax, numpy as np
 from test_fewshot_trainer import tiny_model, text_ids, batch, BATCH
+from jaxfsl import parallel
 from jaxfsl.protocols.fewshot import trainer as T
 model = tiny_model()
 cfg = T.TrainerConfig(steps=6, batch_size=BATCH, variant="svl_ra", lr=1e-3)
 out = {{"devices": jax.device_count()}}
 for name, devices in (("one", jax.devices()[:1]), ("four", jax.devices())):
-  tr = T.FewshotTrainer(model, cfg, text_ids(model), T.make_mesh(devices))
+  mesh = parallel.make_mesh(devices)
+  tr = T.FewshotTrainer(model, cfg, text_ids(model), mesh)
   state = tr.init_state(jax.random.PRNGKey(0))
   totals = []
   for k in range(3):

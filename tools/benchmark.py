@@ -1,8 +1,11 @@
-r"""Times the episode engine's training step; prints one JSON line.
+r"""Times a protocol's training step; prints one JSON line.
 
   python tools/benchmark.py --model clip-vit-b16 --shot 1 \
       --episodes_per_batch 1 --steps 3 --dtype float32 --against torch
+  python tools/benchmark.py --protocol fewshot --model clip-vit-b16 \
+      --steps 5 --dtype float32
 
+--protocol episodic (default): the episode engine's step (E episodes).
 Fields: ``step_seconds`` (median seconds of one step of the whole batch of
 E episodes, stage 1: every loss term on), ``episodes_per_batch``,
 ``images_per_second``, ``episodes_per_hour`` (at T = epochs * shot steps,
@@ -25,6 +28,18 @@ with its ``_spread`` (min, max, IQR), and ``speedup_caveat`` when the model
 is too small for the ratio to mean anything. The PyTorch step is
 ``tools/torch_reference.py``.
 
+--protocol fewshot: the few-shot trainer's ``train_step`` with the
+protocol's defaults (configs/fewshot/common.py: batch 32, LoRA r=2 on q/k/v
+of both towers, variant none) and ``--classes`` prompts re-encoded every
+iteration, beside its input pipeline alone (grain, RandomResizedCrop + flip
+on ``--source_size`` JPEGs written to a temporary folder). Fields:
+``iterations_per_second`` (1 / median ``iteration_seconds``),
+``train_images_per_second``, ``first_step_seconds`` (compilation + one
+iteration), ``pipeline_images_per_second``, ``pipeline_over_trainer`` (> 1:
+the pipeline keeps the device fed), ``batch_size``, ``lora_towers``,
+``classes``, ``image_size``, ``peak_memory_bytes``, ``device_kind``,
+``device_count``, ``uptime_load``; see ``jaxfsl.benchmarking.fewshot``.
+
 XLA flags are read when JAX starts: set ``XLA_FLAGS`` in the environment.
 """
 
@@ -40,11 +55,25 @@ from jaxfsl import benchmarking
 from jaxfsl.method.objective import VARIANTS
 from jaxfsl.trainables import available as available_trainables
 
+# Flags of one protocol only: given with the other, they are an error.
+EPISODIC_ONLY = ("shot", "episodes_per_batch", "memory_budget_gib",
+                 "trainable", "against", "torch_threads", "time_stage2",
+                 "remat", "option", "compile_only", "cache_dir",
+                 "host_wait_batches", "host_wait_steps")
+FEWSHOT_ONLY = ("batch_size", "classes", "towers", "image_size",
+                "pipeline_batches", "num_workers", "source_images",
+                "source_size", "skip_trainer")
 
-def parse(argv=None) -> tuple[benchmarking.BenchmarkConfig, bool]:
-  """Command line -> (benchmark config, quiet)."""
+
+def parse(argv=None) -> tuple[benchmarking.BenchmarkConfig |
+                              benchmarking.FewshotBenchmarkConfig, bool]:
+  """Command line -> (benchmark config of the chosen protocol, quiet)."""
   p = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--protocol", choices=("episodic", "fewshot"),
+                 default="episodic",
+                 help="episodic: the episode engine's step; fewshot: the "
+                 "few-shot trainer's step beside its input pipeline")
   p.add_argument("--model", default="clip-vit-b16",
                  help="preset (clip-vit-b16, clip-vit-l14, siglip-b16, "
                  "tiny-clip, ...) or checkpoint path")
@@ -60,7 +89,9 @@ def parse(argv=None) -> tuple[benchmarking.BenchmarkConfig, bool]:
                  help="untimed steps after compiling")
   p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                  default="float32")
-  p.add_argument("--variant", choices=VARIANTS, default="svl_ra")
+  p.add_argument("--variant", choices=VARIANTS, default=None,
+                 help="the method's terms (default: svl_ra for episodic, "
+                 "none = CLIP-LoRA for fewshot)")
   p.add_argument("--trainable", choices=available_trainables(),
                  default="lora", help="what is fine-tuned (config.trainable)")
   p.add_argument("--against", choices=("torch",), default=None,
@@ -85,9 +116,45 @@ def parse(argv=None) -> tuple[benchmarking.BenchmarkConfig, bool]:
                  "fraction of wall time spent waiting on the host")
   p.add_argument("--host_wait_steps", type=int, default=None,
                  help="T of the host-wait episodes (default: the config's)")
+  fewshot = p.add_argument_group("--protocol fewshot")
+  fewshot.add_argument("--batch_size", type=int, default=None,
+                       help="B (default: the protocol's, 32)")
+  fewshot.add_argument("--classes", type=int, default=100,
+                       help="class prompts re-encoded per iteration "
+                       "(Caltech101: 100, ImageNet: 1000)")
+  fewshot.add_argument("--towers", choices=("vision", "text", "both"),
+                       default=None,
+                       help="LoRA towers (default: the protocol's, both)")
+  fewshot.add_argument("--image_size", type=int, default=0,
+                       help="random-init presets: input side (0: the "
+                       "preset's)")
+  fewshot.add_argument("--pipeline_batches", type=int, default=20,
+                       help="timed input-pipeline batches (0: none)")
+  fewshot.add_argument("--num_workers", type=int, default=None,
+                       help="pipeline threads (default: the protocol's)")
+  fewshot.add_argument("--source_images", type=int, default=64,
+                       help="distinct JPEGs the pipeline reads")
+  fewshot.add_argument("--source_size", type=_size, default=(500, 375),
+                       metavar="WxH", help="pixels of those JPEGs")
+  fewshot.add_argument("--skip_trainer", action="store_true",
+                       help="time the pipeline only")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--quiet", action="store_true", help="no progress on stderr")
   args = p.parse_args(argv)
+  other = FEWSHOT_ONLY if args.protocol == "episodic" else EPISODIC_ONLY
+  stray = [f"--{k}" for k in other
+           if getattr(args, k) != p.get_default(k)]
+  if stray:
+    p.error(f"{', '.join(stray)}: not a --protocol {args.protocol} flag")
+  if args.protocol == "fewshot":
+    return benchmarking.FewshotBenchmarkConfig(
+        model=args.model, image_size=args.image_size, dtype=args.dtype,
+        variant=args.variant or "none", towers=args.towers,
+        batch_size=args.batch_size, classes=args.classes, steps=args.steps,
+        warmup=args.warmup, pipeline_batches=args.pipeline_batches,
+        num_workers=args.num_workers, source_images=args.source_images,
+        source_size=args.source_size, skip_trainer=args.skip_trainer,
+        seed=args.seed), args.quiet
   options = {}
   if args.remat:
     options["remat"] = True
@@ -97,7 +164,8 @@ def parse(argv=None) -> tuple[benchmarking.BenchmarkConfig, bool]:
   config = benchmarking.BenchmarkConfig(
       model=args.model, shot=args.shot,
       episodes_per_batch=args.episodes_per_batch, steps=args.steps,
-      dtype=args.dtype, variant=args.variant, trainable=args.trainable,
+      dtype=args.dtype, variant=args.variant or "svl_ra",
+      trainable=args.trainable,
       against=args.against,
       time_stage2=args.time_stage2, engine_options=options,
       warmup=args.warmup, compile_only=args.compile_only, seed=args.seed,
@@ -117,6 +185,15 @@ def _batch_size(value: str):
   except ValueError:
     raise argparse.ArgumentTypeError(
         f"{value!r}: expected an integer or 'auto'") from None
+
+
+def _size(value: str) -> tuple[int, int]:
+  width, _, height = value.lower().partition("x")
+  try:
+    return int(width), int(height)
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f"{value!r}: expected WIDTHxHEIGHT, e.g. 500x375") from None
 
 
 def _literal(value: str):
@@ -146,6 +223,10 @@ def main(argv=None) -> dict:
   config, quiet = parse(argv)
   log = None if quiet else (lambda msg: print(msg, file=sys.stderr,
                                                flush=True))
+  if isinstance(config, benchmarking.FewshotBenchmarkConfig):
+    report = benchmarking.run_fewshot(config, log=log)
+    print(json.dumps(report), flush=True)
+    return report
   reference = torch_reference() if config.against == "torch" else None
   report = benchmarking.run(config, log=log, reference=reference)
   if "speedup_caveat" in report and not quiet:

@@ -13,6 +13,11 @@ trainable, T, seed, other config keys).
 A multi-seed job (``--config.seeds=1,2,3``: one ``seed_<s>`` workdir per
 seed) is one row: the cell is the mean over seeds, and a table per job
 gives each seed's mean ± 95% CI over episodes.
+
+Few-shot jobs (``protocol: fewshot``, configs/fewshot/) found among them
+are printed after that as the datasets x shots table of
+``jaxfsl.protocols.fewshot.table`` (one per model and variant, mean test
+top-1 over the seeds found).
 """
 
 from __future__ import annotations
@@ -98,6 +103,19 @@ def group_seeds(files: list[Path]) -> list[dict[str, Any]]:
   return out
 
 
+def split_fewshot(files: list[Path]) -> tuple[list[Path], list[dict]]:
+  """(episodic results files, loaded few-shot results): few-shot jobs have
+  no episodes and go to their own table."""
+  episodic, fewshot = [], []
+  for f in files:
+    results = reports.load_results(f)
+    if results.get("protocol") == "fewshot":
+      fewshot.append(results)
+    else:
+      episodic.append(f)
+  return episodic, fewshot
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -109,12 +127,20 @@ def main(argv: list[str] | None = None) -> int:
   if not files:
     print("ERROR: no results.json found", file=sys.stderr)
     return 1
-  try:
-    runs = group_seeds(files)
-  except ValueError as e:
-    print(f"ERROR: {e}", file=sys.stderr)
-    return 1
-  table = reports.comparison_table(runs, digits=args.digits)
+  files, fewshot = split_fewshot(files)
+  tables = []
+  if files:
+    try:
+      runs = group_seeds(files)
+    except ValueError as e:
+      print(f"ERROR: {e}", file=sys.stderr)
+      return 1
+    tables.append(reports.comparison_table(runs, digits=args.digits))
+  if fewshot:
+    from jaxfsl.protocols.fewshot.table import fewshot_table
+
+    tables.append(fewshot_table(fewshot))
+  table = "\n".join(tables)
   print(table)
   if args.out:
     reports.write_text_atomic(args.out, table)

@@ -21,15 +21,16 @@ first ``stage1_fraction`` of the T iterations:
   A_v of the same rows).
 
 ``train_step(state, batch, rng)`` is pure (jit-compiled once): the minibatch
-is sharded over every device of the mesh (data parallel), parameters and
-optimizer state are replicated; the result does not depend on the device
-count beyond float rounding.
+is sharded over every device of the mesh (data parallel, through
+``jaxfsl.parallel``: ``shard_batch``), parameters and optimizer state are
+replicated; the result does not depend on the device count beyond float
+rounding.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -37,9 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
-from jaxfsl import optim
+from jaxfsl import optim, parallel
 from jaxfsl.method import losses, objective
 from jaxfsl.models.model import Model
 from jaxfsl.models.two_towers import TwoTowers
@@ -47,9 +48,6 @@ from jaxfsl.trainables.lora import LoraConfig, init_lora
 
 Array = jax.Array
 VARIANTS = ("none", "svl", "ra", "svl_ra")
-# The minibatch axis of the data-parallel mesh. (At merge this sharding
-# belongs in jaxfsl/parallel.py beside the episode layout.)
-DATA_AXIS = "data"
 CLIP_LORA_LORA = LoraConfig(rank=2, alpha=1.0, dropout=0.25,
                             targets=("q", "k", "v"), towers="both",
                             blocks="all")
@@ -134,12 +132,6 @@ def make_optimizer(cfg: TrainerConfig) -> optax.GradientTransformation:
       weight_decay=cfg.weight_decay, min_lr=cfg.min_lr, period_factor=1)
 
 
-def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """1-D mesh over every device (default), axis ``DATA_AXIS``."""
-  devices = jax.devices() if devices is None else list(devices)
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
 class FewshotTrainer:
   """Compiled train / eval programs for one model, class list and config.
 
@@ -147,15 +139,15 @@ class FewshotTrainer:
     model: the frozen backbone.
     config: static settings.
     text_ids: int32 [C, L] token ids of every class prompt (label order).
-    mesh: device mesh (default: all devices); its first axis shards the
-      minibatch.
+    mesh: device mesh (default: ``parallel.make_mesh()``, all devices);
+      its first axis shards the minibatch.
   """
 
   def __init__(self, model: Model, config: TrainerConfig,
                text_ids: np.ndarray, mesh: Mesh | None = None):
     self.model, self.config = model, config
-    self.mesh = mesh if mesh is not None else make_mesh()
-    self.num_devices = int(np.prod(list(self.mesh.shape.values())))
+    self.mesh = mesh if mesh is not None else parallel.make_mesh()
+    self.num_devices = int(self.mesh.shape[parallel.episode_axis(self.mesh)])
     if config.batch_size % self.num_devices:
       raise ValueError(f"batch_size {config.batch_size} is not a multiple of "
                        f"the {self.num_devices} devices")
@@ -168,8 +160,7 @@ class FewshotTrainer:
     self.num_classes = int(text_ids.shape[0])
     self.mean = np.asarray(model.preprocessing.mean, np.float32) * 255.0
     self.std = np.asarray(model.preprocessing.std, np.float32) * 255.0
-    self.replicated = NamedSharding(self.mesh, PartitionSpec())
-    self.sharded = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
+    self.replicated = parallel.replicated(self.mesh)
     self.backbone = jax.device_put(model.params, self.replicated)
     self.text_ids = jax.device_put(jnp.asarray(text_ids, jnp.int32),
                                    self.replicated)
@@ -189,9 +180,10 @@ class FewshotTrainer:
     return jax.device_put(state, self.replicated)
 
   def put_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, Array]:
-    """Numpy batch -> device arrays sharded on their leading axis."""
-    return {k: jax.device_put(np.asarray(v), self.sharded)
-            for k, v in batch.items()}
+    """Numpy batch -> device arrays sharded on their leading axis
+    (``parallel.shard_batch``; on several hosts each passes its own
+    rows)."""
+    return parallel.shard_batch(dict(batch), self.mesh)
 
   # -------------------------------------------------------------- features
 
@@ -219,8 +211,8 @@ class FewshotTrainer:
     ids = jnp.concatenate([ids, jnp.repeat(ids[:1], pad, axis=0)])
     ids = ids.reshape(-1, chunk, ids.shape[-1])
     if ndev > 1:
-      ids = jax.lax.with_sharding_constraint(ids, NamedSharding(
-          self.mesh, PartitionSpec(None, DATA_AXIS, None)))
+      ids = jax.lax.with_sharding_constraint(
+          ids, parallel.data_sharding(self.mesh, axis=1))
     keys = (jax.random.split(rng, ids.shape[0]) if not deterministic
             else jnp.zeros((ids.shape[0], 2), jnp.uint32))
 
