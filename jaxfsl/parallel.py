@@ -150,6 +150,35 @@ def device_put_episodes(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(tree, episode_sharding(mesh))
 
 
+def process_rows(tree: Any) -> Any:
+  """This process's block of rows of a batch that every process holds whole.
+
+  The few-shot input pipeline is a pure function of (seed, step), so every
+  process can build the same global batch; each then passes on only its
+  contiguous B / process_count rows, in process order, as ``shard_batch``
+  expects. One process: ``tree`` unchanged.
+
+  Args:
+    tree: pytree of arrays [B, ...], the same on every process.
+
+  Raises:
+    ValueError: B is not a multiple of the process count (names B and it).
+  """
+  count, index = jax.process_count(), jax.process_index()
+  if count == 1:
+    return tree
+
+  def rows(x):
+    if x.shape[0] % count:
+      raise ValueError(
+          f"a batch of {x.shape[0]} rows cannot be split over {count} "
+          "processes: make the batch size a multiple of the process count")
+    block = x.shape[0] // count
+    return x[index * block:(index + 1) * block]
+
+  return jax.tree.map(rows, tree)
+
+
 def shard_batch(tree: Any, mesh: Mesh) -> Any:
   """A data-parallel minibatch -> device arrays with its rows (leading axis)
   split over the mesh's first axis, the copy started asynchronously.

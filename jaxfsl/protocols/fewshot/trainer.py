@@ -180,10 +180,15 @@ class FewshotTrainer:
     return jax.device_put(state, self.replicated)
 
   def put_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, Array]:
-    """Numpy batch -> device arrays sharded on their leading axis
-    (``parallel.shard_batch``; on several hosts each passes its own
-    rows)."""
-    return parallel.shard_batch(dict(batch), self.mesh)
+    """The global numpy batch (the same on every process) -> device arrays
+    sharded on their leading axis (``parallel.shard_batch``); on several
+    hosts each process passes on only its own rows
+    (``parallel.process_rows``)."""
+    batch = dict(batch)
+    if jax.process_count() > 1 and not any(
+        isinstance(v, jax.Array) for v in batch.values()):
+      batch = parallel.process_rows(batch)
+    return parallel.shard_batch(batch, self.mesh)
 
   # -------------------------------------------------------------- features
 
