@@ -91,7 +91,7 @@ def test_release_defaults():
   assert c.model.checkpoint and not c.model.init
   assert c.method.to_dict() == dict(
       variant="svl_ra", anti_visual_weight=0.1, relation_weight=3.0,
-      visual_weight=1.0, stage1_fraction=0.6, timing="begin",
+      visual_weight=1.0, window_fraction=0.6, timing="begin",
       relation_form="release")
   assert c.lora.to_dict() == dict(rank=16, alpha=8.0, dropout=0.25,
                                   targets=("q", "k", "v"), towers="vision",

@@ -93,7 +93,7 @@ def get_config(arg=None):
   config.method.visual_weight = 1.0  # "FT + L_v" (variant visual).
   # Extra terms active for this fraction of T (0.6: the first 3 int(T/5)
   # steps) ...
-  config.method.stage1_fraction = 0.6
+  config.method.window_fraction = 0.6
   config.method.timing = "begin"  # ... at the beginning (or "last").
   config.method.relation_form = "release"  # Or "softmax_kl" (the paper's).
 
@@ -146,7 +146,7 @@ def get_config(arg=None):
   config.remat = False
   # After the extra-terms window, skip the clean support pass no loss reads
   # (exact; compiles a second step body).
-  config.skip_clean_pass_in_stage2 = True
+  config.skip_clean_pass_outside_window = True
 
   config.save_adapters = False  # Keep each episode's final adapters.
   config.eval_only = False  # Re-evaluate saved adapters, no training.

@@ -1,4 +1,8 @@
-"""Job configs of the episodic protocol: finding, loading, checking, resolving.
+"""Job configs of the episodic protocol: checking and resolving.
+
+Finding and loading config files is ``config_files``, the error types are
+``errors``; both are re-exported here, the module the CLI and the runner
+use as ``config_lib``.
 
 ``jaxfsl/configs/base.py`` is the one home of defaults (every key, with a
 comment) and therefore the schema: a job config must have exactly its keys,
@@ -17,28 +21,34 @@ before anything slow starts and before anything is written.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import ml_collections
 import numpy as np
 
-from jaxfsl import configs as _configs_pkg
-from jaxfsl.paths import user_path
+# Re-exported: the job's config API is this module (``config_lib.X``).
+from jaxfsl.protocols.episodic.config_files import (  # noqa: F401
+    BASE_FILE,
+    CONFIG_DIR,
+    default_config,
+    find_config,
+    load_config,
+    shipped_configs,
+)
+from jaxfsl.protocols.episodic.errors import (  # noqa: F401
+    ConfigError,
+    Interrupted,
+    MissingInputError,
+    ResumeError,
+    UserError,
+    WorkdirError,
+)
 
 ConfigDict = ml_collections.ConfigDict
-
-# The config files shipped with jaxfsl (``configs`` in a clone is a link to
-# it): config names resolve here too, so ``--config episodic/isic.py`` works
-# from any directory, and from an installed wheel.
-CONFIG_DIR = Path(_configs_pkg.__file__).resolve().parent
-BASE_FILE = CONFIG_DIR / "base.py"
 
 DTYPES = ("float32", "bfloat16", "float16")
 # Keys that change how a job runs but not its results: a workdir may be
@@ -52,118 +62,15 @@ RUN_ONLY_KEYS = (
 # (``~`` and ``$VARS``) where it is used.
 PATH_KEYS = ("model.checkpoint", "model.tokenizer", "dataset.data_dir",
              "jax_cache_dir")
-
-
-class UserError(Exception):
-  """A problem the user can fix (bad config, missing input, workdir clash).
-
-  The CLI prints its message as one ``ERROR:`` line, without a traceback.
-  """
-
-
-class ConfigError(UserError, ValueError):
-  """Unknown keys, wrong types or invalid values; names every key."""
-
-
-class ResumeError(UserError):
-  """The workdir holds a run of another config (names the differing keys)."""
-
-
-class MissingInputError(UserError, FileNotFoundError):
-  """A checkpoint or saved adapters are missing; says how to get them."""
-
-
-class WorkdirError(UserError):
-  """The workdir cannot be used (a file, not writable); names the path."""
-
-
-class Interrupted(Exception):
-  """The job stopped on SIGINT/SIGTERM after saving its finished episodes.
-
-  Attributes:
-    signum: the signal received.
-    done: episodes finished and saved (including earlier runs).
-    total: episodes of the job.
-    exit_code: 128 + signum (130 for SIGINT, 143 for SIGTERM).
-  """
-
-  def __init__(self, signum: int, done: int | None, total: int | None):
-    self.signum, self.done, self.total = signum, done, total
-    self.exit_code = 128 + signum
-    where = ("while starting" if done is None
-             else f"after {done}/{total} episodes")
-    super().__init__(f"Interrupted {where}; rerun the same command to "
-                     "resume.")
-
-
-# ---------------------------------------------------------------------------
-# Finding and loading config files.
-# ---------------------------------------------------------------------------
-
-
-def shipped_configs() -> list[str]:
-  """The config files shipped with jaxfsl, relative to ``CONFIG_DIR``."""
-  return sorted(str(p.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.rglob("*.py")
-                if p.name != "__init__.py")
-
-
-def find_config(path: str | os.PathLike[str]) -> Path:
-  """The config file ``path`` names: as given (``~`` expanded, relative to
-  the current directory), else relative to the shipped configs (with or
-  without a leading ``configs/``).
-
-  Raises:
-    ConfigError: no such file; lists where it looked and the shipped configs.
-  """
-  given = user_path(path)
-  if given.is_file():
-    return given.resolve()
-  tried = [given.absolute()]
-  if not given.is_absolute():
-    parts = given.parts
-    rel = Path(*parts[1:]) if parts and parts[0] == "configs" else given
-    for candidate in dict.fromkeys((CONFIG_DIR / given, CONFIG_DIR / rel)):
-      if candidate.is_file():
-        return candidate.resolve()
-      tried.append(candidate)
-  raise ConfigError(
-      f"config file {str(path)!r} not found (looked at "
-      f"{', '.join(str(t) for t in tried)}); pass a config file, e.g. one of "
-      f"the shipped configs: {', '.join(shipped_configs())}")
-
-
-def load_config(path: str | os.PathLike[str], arg: str | None = None
-                ) -> ConfigDict:
-  """Loads a config file's ``get_config()`` (``"file.py:arg"`` passes arg).
-
-  Args:
-    path: a config file (see ``find_config`` for how names resolve).
-    arg: passed to ``get_config``.
-
-  Returns:
-    The config (not yet checked: see ``validate``).
-
-  Raises:
-    ConfigError: the file does not exist or has no ``get_config``.
-  """
-  path = str(path)
-  if arg is None and ":" in path and not user_path(path).exists():
-    path, arg = path.rsplit(":", 1)
-  file = find_config(path)
-  spec = importlib.util.spec_from_file_location(
-      f"jaxfsl_config_{file.stem}_{abs(hash(str(file)))}", file)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ConfigError(f"config file {str(file)!r} has no get_config()")
-  return module.get_config(arg) if arg else module.get_config()
-
-
-def default_config() -> ConfigDict:
-  """Every key with its type and default: ``jaxfsl/configs/base.py``."""
-  from jaxfsl.configs import base
-
-  return base.get_config()
+# Keys renamed since they were released: {old: new}. A config (file or
+# --config.KEY flag) using an old name is refused with the new one; a
+# workdir saved under an old name resumes (``config_diff``). The extra-terms
+# window can sit at the end of training (method.timing="last"), so it is no
+# longer called "stage 1".
+RENAMED_KEYS = {
+    "method.stage1_fraction": "method.window_fraction",
+    "skip_clean_pass_in_stage2": "skip_clean_pass_outside_window",
+}
 
 
 # ---------------------------------------------------------------------------
@@ -203,12 +110,22 @@ def _type_problem(key: str, value: Any, default: Any) -> str | None:
           f"{default!r}), got {type(value).__name__} {value!r}")
 
 
+def renamed_key_message(key: str) -> str:
+  """The error for a key of ``RENAMED_KEYS``, naming the new key."""
+  new = RENAMED_KEYS[key]
+  return (f"config key {key!r} was renamed to {new!r}: set "
+          f"config.{new} in a config file, or pass --config.{new}=VALUE")
+
+
 def schema_problems(config: ConfigDict) -> list[str]:
   """Unknown keys, missing keys and wrong types, against base.py."""
   schema = flatten(default_config())
   given = flatten(config)
   problems = []
   unknown = sorted(set(given) - set(schema))
+  for key in [k for k in unknown if k in RENAMED_KEYS]:
+    unknown.remove(key)
+    problems.append(renamed_key_message(key))
   if unknown:
     problems.append(f"unknown config key(s) {unknown}; see "
                     "jaxfsl/configs/base.py (or --help) for the keys "
@@ -404,7 +321,8 @@ def engine_config(config: ConfigDict) -> Any:
         trainable=c.trainable, trainable_config=block,
         logit_scale=("checkpoint" if c.use_checkpoint_logit_scale
                      else float(c.logit_scale)),
-        remat=c.remat, skip_clean_pass_in_stage2=c.skip_clean_pass_in_stage2,
+        remat=c.remat,
+        skip_clean_pass_outside_window=c.skip_clean_pass_outside_window,
         **parts)
   except (ValueError, TypeError) as e:
     raise ConfigError(str(e)) from e
@@ -493,7 +411,12 @@ def fingerprint(config: ConfigDict) -> dict[str, Any]:
 
 def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]
                 ) -> list[str]:
-  """``["shot: 1 -> 5", ...]`` for the keys whose values differ."""
+  """``["shot: 1 -> 5", ...]`` for the keys whose values differ.
+
+  ``old`` may be a fingerprint saved before a key was renamed
+  (``RENAMED_KEYS``): its old names count as the new ones.
+  """
+  old = {RENAMED_KEYS.get(k, k): v for k, v in old.items()}
   lines = []
   for key in sorted(set(old) | set(new)):
     a, b = old.get(key, "<absent>"), new.get(key, "<absent>")

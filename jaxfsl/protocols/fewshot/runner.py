@@ -37,6 +37,11 @@ from jaxfsl.data.fewshot import split as fsplit
 from jaxfsl.io import reports
 from jaxfsl.io.aggregate import format_duration
 from jaxfsl.models.model import Model
+from jaxfsl.protocols.episodic.config import (
+    RENAMED_KEYS,
+    flatten,
+    renamed_key_message,
+)
 from jaxfsl.protocols.fewshot.trainer import FewshotTrainer, TrainerConfig
 from jaxfsl.trainables.lora import LoraConfig
 
@@ -77,6 +82,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not ok:
       bad.append(f"{key}={value!r} (expected {expected})")
 
+  bad += [renamed_key_message(k) for k in flatten(c) if k in RENAMED_KEYS]
   need(c.protocol == "fewshot", "protocol", c.protocol, "'fewshot'")
   need(c.dataset.name in layouts.SPECS, "dataset.name", c.dataset.name,
        f"one of {list(layouts.NAMES)}")
@@ -89,8 +95,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(c.method.timing == "begin", "method.timing", c.method.timing,
        "'begin' (the few-shot protocol has no 'last' window)")
   need(c.trainable == "lora", "trainable", c.trainable, "'lora'")
-  need(0 < c.method.stage1_fraction <= 1, "method.stage1_fraction",
-       c.method.stage1_fraction, "in (0, 1]")
+  need(0 < c.method.window_fraction <= 1, "method.window_fraction",
+       c.method.window_fraction, "in (0, 1]")
   need(c.optim.lr > 0 and 0 < c.optim.min_lr <= c.optim.lr, "optim.min_lr",
        c.optim.min_lr, f"in (0, optim.lr={c.optim.lr}]")
   for key in ("iters_per_shot", "batch_size", "eval_batch_size",
@@ -122,7 +128,7 @@ def trainer_config(config: ml_collections.ConfigDict) -> TrainerConfig:
       variant=config.method.variant,
       anti_visual_weight=config.method.anti_visual_weight,
       relation_weight=config.method.relation_weight,
-      stage1_fraction=config.method.stage1_fraction,
+      window_fraction=config.method.window_fraction,
       relation_form=config.method.relation_form, lora=lora,
       text_chunk=config.fewshot.text_chunk, remat=config.remat)
 
@@ -219,16 +225,6 @@ class _Checkpoints:
     self.manager.close()
 
 
-def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
 def check_resumable(config: ml_collections.ConfigDict, workdir: Path
                     ) -> None:
   """Records the config in WORKDIR/fewshot_config.json, or, when a previous
@@ -238,9 +234,11 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: Path
     ValueError: naming every changed key, old and new value.
   """
   path = workdir / "fewshot_config.json"
-  new = _flat(json.loads(config.to_json()))
+  new = flatten(json.loads(config.to_json()))
   if path.is_file() and (workdir / "checkpoints").is_dir():
-    old = _flat(json.loads(path.read_text()))
+    old = flatten(json.loads(path.read_text()))
+    # A run saved before a key was renamed resumes under the new name.
+    old = {RENAMED_KEYS.get(k, k): v for k, v in old.items()}
     changed = sorted(k for k in set(old) | set(new)
                      if k not in _FREE_KEYS and old.get(k) != new.get(k))
     if changed:
