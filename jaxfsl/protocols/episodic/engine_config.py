@@ -43,7 +43,7 @@ class EngineConfig:
       adds the same constant to every class logit, so it changes neither the
       softmax losses nor the argmax and is not needed here.)
     remat: rematerialise transformer blocks in the backward pass.
-    skip_clean_pass_in_stage2: outside the extra-terms window the clean
+    skip_clean_pass_outside_window: outside the extra-terms window the clean
       support pass feeds no loss; skipping it is exact and saves M of N + M
       images per step, at the price of compiling a second step body.
     num_views: V, augmented views per support image.
@@ -79,7 +79,7 @@ class EngineConfig:
   trainable_config: Any = None
   logit_scale: float | str = 100.0
   remat: bool = False
-  skip_clean_pass_in_stage2: bool = True
+  skip_clean_pass_outside_window: bool = True
   num_views: int = NUM_VIEWS
   clean_from_views: bool = False
   loss_scaling: str = "none"
