@@ -276,6 +276,50 @@ def _one_error_line(p, status=2):
   return errors[0]
 
 
+def test_renamed_keys_name_their_new_key():
+  assert config_lib.RENAMED_KEYS == {
+      "method.stage1_fraction": "method.window_fraction",
+      "skip_clean_pass_in_stage2": "skip_clean_pass_outside_window"}
+  for old, new in config_lib.RENAMED_KEYS.items():
+    assert new in config_lib.flatten(config_lib.default_config())
+    d = load("demo")
+    section, _, name = old.rpartition(".")
+    (d[section] if section else d)[name] = 0.5  # An old config file.
+    with pytest.raises(config_lib.ConfigError) as e:
+      config_lib.validate(d)
+    assert f"{old!r} was renamed to {new!r}" in str(e.value)
+    assert "unknown" not in str(e.value)  # Said once, as a rename.
+
+
+def test_workdir_saved_under_old_key_names_resumes(tmp_path):
+  """A run state whose fingerprint predates the rename is the same config."""
+  c = config_lib.resolve(load("demo"), num_devices=1)
+  fp = config_lib.fingerprint(c)
+  old = {({v: k for k, v in config_lib.RENAMED_KEYS.items()}).get(k, k): v
+         for k, v in fp.items()}
+  assert "method.stage1_fraction" in old and "method.window_fraction" not in old
+  assert config_lib.config_diff(old, fp) == []
+  changed = dict(old, **{"method.stage1_fraction": 0.4})
+  assert config_lib.config_diff(changed, fp) == [
+      "method.window_fraction: 0.4 -> 0.6"]
+  work = tmp_path / "work"
+  state = RunState(work / "state")
+  state.save({"next_episode": 4, "fingerprint": old, "config": c.to_dict()},
+             {"index": np.arange(4), "stages": {"accuracy": np.zeros((4, 5))}})
+  state.close()
+  assert runner.prepare_workdir(c, work, restart=False) is not None
+
+
+def test_cli_renamed_override_key(tmp_path):
+  line = _one_error_line(_cli("--config", "configs/episodic/demo.py",
+                              "--config.skip_clean_pass_in_stage2=False",
+                              "--workdir", str(tmp_path / "w")))
+  assert ("'skip_clean_pass_in_stage2' was renamed to "
+          "'skip_clean_pass_outside_window'") in line
+  assert "--config.skip_clean_pass_outside_window=VALUE" in line
+  assert not (tmp_path / "w").exists()
+
+
 def test_cli_unknown_override_key(tmp_path):
   p = _cli("--config", "configs/episodic/demo.py",
            "--config.method.svl_weight=1", "--workdir", str(tmp_path))
