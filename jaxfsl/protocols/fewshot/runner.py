@@ -19,7 +19,6 @@ What a job writes in WORKDIR:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -28,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -36,11 +34,15 @@ from jaxfsl.data.fewshot import builders, fake, layouts, pipeline
 from jaxfsl.data.fewshot import split as fsplit
 from jaxfsl.io import reports
 from jaxfsl.io.aggregate import format_duration
-from jaxfsl.models.model import Model
+from jaxfsl.io.markdown import markdown_table
 from jaxfsl.protocols.episodic.config import (
-    RENAMED_KEYS,
-    flatten,
-    renamed_key_message,
+  RENAMED_KEYS,
+  flatten,
+  renamed_key_message,
+)
+from jaxfsl.protocols.episodic.inputs import (  # The shared keys' readers.
+  data_dir,
+  load_model,
 )
 from jaxfsl.protocols.fewshot.trainer import FewshotTrainer, TrainerConfig
 from jaxfsl.trainables.lora import LoraConfig
@@ -131,41 +133,6 @@ def trainer_config(config: ml_collections.ConfigDict) -> TrainerConfig:
       window_fraction=config.method.window_fraction,
       relation_form=config.method.relation_form, lora=lora,
       text_chunk=config.fewshot.text_chunk, remat=config.remat)
-
-
-def load_model(config: ml_collections.ConfigDict) -> Model:
-  """A checkpoint (``model.checkpoint``) or a random-init preset
-  (``model.init``, with ``model.image_size`` / ``vision_depth``)."""
-  from jaxfsl import models
-
-  m = config.model
-  dtype = jnp.dtype(config.compute_dtype)
-  if m.init:
-    arch = models.PRESETS[m.init]
-    vision = arch.vision
-    if m.image_size:
-      vision = dataclasses.replace(vision, image_size=m.image_size)
-    if m.vision_depth:
-      vision = dataclasses.replace(vision, depth=m.vision_depth)
-    return models.build(dataclasses.replace(arch, vision=vision),
-                        seed=m.init_seed, dtype=dtype)
-  import jaxfsl
-
-  path = Path(m.checkpoint).expanduser()
-  if not path.exists():
-    raise FileNotFoundError(f"model.checkpoint {m.checkpoint!r} does not "
-                            f"exist ({path}).")
-  return jaxfsl.load_model(str(path), tokenizer=m.tokenizer or None,
-                           dtype=dtype)
-
-
-def data_dir(config: ml_collections.ConfigDict, workdir: Path) -> Path:
-  from jaxfsl.data import default_data_dir
-
-  if not config.dataset.data_dir:
-    return default_data_dir()
-  return Path(config.dataset.data_dir.format(workdir=str(workdir))
-              ).expanduser()
 
 
 def open_dataset(config: ml_collections.ConfigDict, workdir: Path
@@ -268,12 +235,11 @@ def _summary_md(results: Mapping[str, Any]) -> str:
       f"iterations of batch {r['batch_size']} on {r['num_devices']} "
       "device(s).",
       "",
-      "| | top-1 (%) |",
-      "|---|---|",
-      f"| fine-tuned | {100 * r['test_accuracy']:.2f} |",
   ]
+  rows = [("fine-tuned", f"{100 * r['test_accuracy']:.2f}")]
   if r.get("zero_shot_accuracy") is not None:
-    lines.append(f"| zero-shot | {100 * r['zero_shot_accuracy']:.2f} |")
+    rows.append(("zero-shot", f"{100 * r['zero_shot_accuracy']:.2f}"))
+  lines.append(markdown_table(["", "top-1 (%)"], rows))
   lines += ["", f"{r['num_test']} test images, {r['num_classes']} classes, "
             f"{r['num_train_items']} K-shot train items. Training "
             f"{format_duration(r['train_seconds'])} "
