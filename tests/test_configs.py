@@ -407,6 +407,30 @@ def test_paths_tilde_in_path_keys(tmp_path, monkeypatch):
   assert set(config_lib.PATH_KEYS) <= set(config_lib.flatten(c))
 
 
+def test_episode_shape_checked_before_any_data():
+  """way / shot + query the dataset cannot give, known from the config."""
+  _bad("way", 11, "'way' is 11", "num_classes=10", "way <= 10")
+  _bad("query", 100, "1 + 100 = 101", "images_per_class=40",
+       "shot + query <= 40")
+  d = load("isic")
+  d.way = 8
+  with pytest.raises(config_lib.ConfigError, match=r"'way' is 8; dataset "
+                     r"'isic2018' has 7 classes: expected way <= 7"):
+    config_lib.validate(d)
+  d.way = 7  # As many as there are: fine.
+  config_lib.validate(d)
+
+
+def test_cli_episode_shape_refused_before_generating_data(tmp_path):
+  for flag, fragment in (("--config.way=11", "way <= 10"),
+                         ("--config.query=100", "shot + query <= 40")):
+    work = tmp_path / flag.split(".")[1].split("=")[0]
+    line = _one_error_line(_cli("--config", "configs/episodic/demo.py",
+                                flag, "--workdir", str(work)))
+    assert fragment in line and line.count(fragment) == 1, line
+    assert not work.exists()  # Nothing generated, nothing written.
+
+
 def test_small_classes_error_names_the_command_line_switch(tmp_path):
   from jaxfsl.protocols.episodic import inputs
 
@@ -417,7 +441,8 @@ def test_small_classes_error_names_the_command_line_switch(tmp_path):
   dataset = inputs.open_dataset(c, tmp_path)
   with pytest.raises(config_lib.ConfigError) as e:
     inputs.make_sampler(c, dataset, 32)
-  assert "--config.dataset.exclude_small_classes=True" in str(e.value)
+  # Said once (the sampler's message already names it).
+  assert str(e.value).count("--config.dataset.exclude_small_classes=True") == 1
 
 
 def test_clean_exit_missing_config_file_creates_nothing(tmp_path):

@@ -158,3 +158,14 @@ def get_config(arg=None):
   config.multihost = False
   config.demo = False  # Marks a pipeline check (demo.py).
   return config
+
+
+# Keys renamed since they were released: {old: new}. A config (file or
+# --config.KEY flag) using an old name is refused with the new one; a
+# workdir or results.json saved under an old name reads as the new one. The
+# extra-terms window can sit at the end of training (method.timing="last"),
+# so it is no longer called "stage 1".
+RENAMED_KEYS = {
+    "method.stage1_fraction": "method.window_fraction",
+    "skip_clean_pass_in_stage2": "skip_clean_pass_outside_window",
+}

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxfsl.configs.base import RENAMED_KEYS
 from jaxfsl.io import aggregate
 
 # The paper's column order (Table 1: ISIC / EuroSAT / CropDisease / ChestX).
@@ -234,6 +235,7 @@ def _settings(r: Mapping[str, Any]) -> dict[str, Any]:
   config = r.get("config") or {}
   out = {k: r.get(k, config.get(k)) for k in _LABEL_KEYS}
   for k, v in _flat(config).items():
+    k = RENAMED_KEYS.get(k, k)  # A run saved before a key was renamed.
     if k not in out and not k.startswith(_IGNORED_CONFIG):
       out[k] = tuple(v) if isinstance(v, list) else v
   return out

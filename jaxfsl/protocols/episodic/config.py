@@ -30,7 +30,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-# Re-exported: the job's config API is this module (``config_lib.X``).
+# RENAMED_KEYS: {old: new} config keys; ``config_diff`` reads old as new.
+from jaxfsl.configs.base import RENAMED_KEYS
 from jaxfsl.protocols.episodic.config_files import (  # noqa: F401
     BASE_FILE,
     CONFIG_DIR,
@@ -39,7 +40,7 @@ from jaxfsl.protocols.episodic.config_files import (  # noqa: F401
     load_config,
     shipped_configs,
 )
-from jaxfsl.protocols.episodic.errors import (  # noqa: F401
+from jaxfsl.protocols.episodic.errors import (  # noqa: F401 - re-exported.
     ConfigError,
     Interrupted,
     MissingInputError,
@@ -62,15 +63,6 @@ RUN_ONLY_KEYS = (
 # (``~`` and ``$VARS``) where it is used.
 PATH_KEYS = ("model.checkpoint", "model.tokenizer", "dataset.data_dir",
              "jax_cache_dir")
-# Keys renamed since they were released: {old: new}. A config (file or
-# --config.KEY flag) using an old name is refused with the new one; a
-# workdir saved under an old name resumes (``config_diff``). The extra-terms
-# window can sit at the end of training (method.timing="last"), so it is no
-# longer called "stage 1".
-RENAMED_KEYS = {
-    "method.stage1_fraction": "method.window_fraction",
-    "skip_clean_pass_in_stage2": "skip_clean_pass_outside_window",
-}
 
 
 # ---------------------------------------------------------------------------
@@ -231,12 +223,43 @@ def job_problems(config: ConfigDict) -> list[str]:
   else:
     need(d.name.partition("/")[0] in DATASET_NAMES, "dataset.name",
          f"one of {DATASET_NAMES} (image_folder/<name> for your own data)")
+  problems += _episode_fits_problems(c)
   need(d.num_workers >= 0, "dataset.num_workers", ">= 0")
   need(d.prefetch >= 1, "dataset.prefetch", ">= 1")
   for key in ("num_classes", "images_per_class"):
     need(d.synthetic[key] >= 1, f"dataset.synthetic.{key}", ">= 1")
   need(d.synthetic.image_size >= 8, "dataset.synthetic.image_size", ">= 8")
   need(d.synthetic.seed >= 0, "dataset.synthetic.seed", ">= 0")
+  return problems
+
+
+def _episode_fits_problems(c: ConfigDict) -> list[str]:
+  """An episode shape the dataset cannot give, where that is known from the
+  config alone (before the synthetic data is generated or any data read):
+  way against a fixed class list or ``dataset.synthetic.num_classes``, and
+  shot + query against ``dataset.synthetic.images_per_class``."""
+  from jaxfsl.data.classes import FIXED_CLASSES
+
+  d, problems = c.dataset, []
+  if d.name == "synthetic":
+    s = d.synthetic
+    if c.way > s.num_classes:
+      problems.append(
+          f"config key 'way' is {c.way}; the synthetic dataset has "
+          f"dataset.synthetic.num_classes={s.num_classes} classes: expected "
+          f"way <= {s.num_classes} (or raise dataset.synthetic.num_classes)")
+    if c.shot + c.query > s.images_per_class:
+      problems.append(
+          f"config keys 'shot' + 'query' are {c.shot} + {c.query} = "
+          f"{c.shot + c.query} images per class; the synthetic dataset has "
+          f"dataset.synthetic.images_per_class={s.images_per_class}: expected"
+          f" shot + query <= {s.images_per_class} (or raise "
+          "dataset.synthetic.images_per_class)")
+  elif d.name in FIXED_CLASSES and c.way > len(FIXED_CLASSES[d.name]):
+    problems.append(
+        f"config key 'way' is {c.way}; dataset {d.name!r} has "
+        f"{len(FIXED_CLASSES[d.name])} classes: expected way <= "
+        f"{len(FIXED_CLASSES[d.name])}")
   return problems
 
 
