@@ -421,6 +421,30 @@ def test_episode_shape_checked_before_any_data():
   config_lib.validate(d)
 
 
+def test_each_problem_is_reported_once():
+  """The job-level check of way/shot/query/steps/epochs, not the engine's
+  looser one again."""
+  for key, value in (("way", 0), ("shot", 0), ("query", 0), ("steps", 0),
+                     ("epochs", 0)):
+    d = load("demo")
+    d[key] = value
+    d.steps = -1 if key == "epochs" else d.steps  # epochs then sets T.
+    with pytest.raises(config_lib.ConfigError) as e:
+      config_lib.validate(d)
+    lines = str(e.value).splitlines()
+    assert lines == [line for line in lines if f"'{key}'" in line], lines
+    assert len(lines) == 1, lines
+  # The engine's own checks still run in the same pass.
+  d = load("demo")
+  d.shot, d.logit_scale, d.lora.rank = 0, -1.0, 0
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(d)
+  msg = str(e.value)
+  assert "'shot' is 0" in msg and "lora.rank 0" in msg
+  assert "logit_scale -1.0: expected a finite number > 0" in msg
+  assert "shot 0" not in msg
+
+
 def test_cli_episode_shape_refused_before_generating_data(tmp_path):
   for flag, fragment in (("--config.way=11", "way <= 10"),
                          ("--config.query=100", "shot + query <= 40")):

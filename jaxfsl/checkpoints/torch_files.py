@@ -72,6 +72,10 @@ def load_torch_state_dict(path: PathLike) -> Any:
   try:
     state = torch.load(str(path), map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
+    if "WeightsUnpickler" not in str(e):  # Not a refusal: a broken file.
+      raise CheckpointError(
+          f"{path}: not a readable PyTorch weights file (truncated or "
+          f"corrupt?): {first_line(e)}") from e
     raise CheckpointError(
         f"{path}: refusing to load: the file needs to unpickle objects other "
         "than tensors and plain containers, which torch.load(weights_only=True)"

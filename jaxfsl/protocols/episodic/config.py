@@ -139,6 +139,20 @@ def schema_problems(config: ConfigDict) -> list[str]:
 # ---------------------------------------------------------------------------
 
 
+# Job-level keys that shape the episodes, which ``EngineConfig`` checks again
+# (more loosely: any count >= 1): {key: (ok(value), expected, a valid
+# stand-in)}. ``validate`` gives the engine the stand-in of a bad one, so
+# that each problem is reported once, in the job's words.
+_SHAPE_CHECKS = {
+    # A 1-way episode is trivially 100% accurate: at least 2 classes.
+    "way": (lambda v: v >= 2, ">= 2", 2),
+    "shot": (lambda v: v >= 1, ">= 1", 1),
+    "query": (lambda v: v >= 1, ">= 1", 1),
+    "epochs": (lambda v: v >= 1, ">= 1", 1),
+    "steps": (lambda v: v >= 1 or v == -1, ">= 1 (or -1: epochs * shot)", 1),
+}
+
+
 def job_problems(config: ConfigDict) -> list[str]:
   """Every problem of the job-level keys (not the dataclasses' keys)."""
   c = config
@@ -174,16 +188,13 @@ def job_problems(config: ConfigDict) -> list[str]:
       seeds.parse_seeds(c.seeds)
     except ConfigError as e:
       problems.append(f"config key 'seeds': {e}")
-  # A 1-way episode is trivially 100% accurate: at least 2 classes.
-  need(c.way >= 2, "way", ">= 2")
-  for key in ("shot", "query", "epochs"):
-    need(c[key] >= 1, key, ">= 1")
+  for key, (ok, expected, _) in _SHAPE_CHECKS.items():
+    need(ok(c[key]), key, expected)
   need(c.episodes_per_batch >= 1 or c.episodes_per_batch == -1,
        "episodes_per_batch", ">= 1 (or -1: auto, the largest batch that "
        "fits the device memory)")
   need(c.episodes >= 1 or c.episodes == -1, "episodes",
        ">= 1 (or -1: 800 for 1-shot, 400 otherwise)")
-  need(c.steps >= 1 or c.steps == -1, "steps", ">= 1 (or -1: epochs * shot)")
   need(c.seed >= 0, "seed", ">= 0")
   need(c.prompt.count("{}") == 1, "prompt",
        "a template with '{}' exactly once (the class name)")
@@ -308,8 +319,8 @@ def engine_config(config: ConfigDict) -> Any:
   own values; ``steps=-1`` is taken as ``epochs * shot``.
 
   Raises:
-    ConfigError: every section the dataclasses refused, each message naming
-      the section and key.
+    ConfigError: every section the dataclasses refused and the engine's own
+      problems, in one pass, each message naming the section and key.
   """
   from jaxfsl.method.objective import MethodConfig
   from jaxfsl.optim import OptimConfig
@@ -328,18 +339,20 @@ def engine_config(config: ConfigDict) -> Any:
           targets=parse_targets(c.lora.targets), towers=c.lora.towers,
           blocks=parse_blocks(c.lora.blocks)),
   }
+  stand_ins = {"method": MethodConfig, "optim": OptimConfig,
+               "lora": LoraConfig}
   for section, build in builders.items():
     try:
       parts[section] = build()
     except (ValueError, TypeError) as e:
       problems.append(_section_error(section, e))
-  if problems:
-    raise ConfigError("\n".join(problems))
+      # Reported; a default stands in so that the checks below still run.
+      parts[section] = stand_ins[section]()
   block = None
   if c.trainable != "lora" and c.trainable in c:
     block = c[c.trainable].to_dict()  # coop.* / maple.*, checked when built.
   try:
-    return EngineConfig(
+    engine = EngineConfig(
         way=c.way, shot=c.shot, query=c.query, steps=total_steps(c),
         trainable=c.trainable, trainable_config=block,
         logit_scale=("checkpoint" if c.use_checkpoint_logit_scale
@@ -348,7 +361,10 @@ def engine_config(config: ConfigDict) -> Any:
         skip_clean_pass_outside_window=c.skip_clean_pass_outside_window,
         **parts)
   except (ValueError, TypeError) as e:
-    raise ConfigError(str(e)) from e
+    problems.append(str(e))
+  if problems:
+    raise ConfigError("\n".join(problems))
+  return engine
 
 
 def validate(config: ConfigDict) -> None:
@@ -361,8 +377,16 @@ def validate(config: ConfigDict) -> None:
   if problems:  # Values of unknown or mistyped keys cannot be checked.
     raise ConfigError("\n".join(problems))
   problems = job_problems(config)
+  bad = {k: stand_in for k, (ok, _, stand_in) in _SHAPE_CHECKS.items()
+         if not ok(config[k])}
+  checked = config
+  if bad:  # Already reported: the engine checks the rest.
+    checked = ConfigDict(config.to_dict())
+    checked.update(bad)
+    if "epochs" in bad and "steps" not in bad and config.steps == -1:
+      checked.steps = 1
   try:
-    engine_config(config)
+    engine_config(checked)
   except ConfigError as e:
     problems.append(str(e))
   if problems:
