@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -95,6 +96,11 @@ class EngineConfig:
     if isinstance(self.logit_scale, str) and self.logit_scale != "checkpoint":
       errors.append(f"logit_scale {self.logit_scale!r}: expected a number "
                     "or 'checkpoint'")
+    elif not isinstance(self.logit_scale, str) and not (
+        math.isfinite(self.logit_scale) and self.logit_scale > 0):
+      # A scale <= 0 flattens or reverses every softmax.
+      errors.append(f"logit_scale {self.logit_scale!r}: expected a finite "
+                    "number > 0 (the release: 100), or 'checkpoint'")
     if self.loss_scaling not in LOSS_SCALING:
       errors.append(f"loss_scaling {self.loss_scaling!r}: expected one of "
                     f"{LOSS_SCALING}")
