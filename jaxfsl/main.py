@@ -108,6 +108,8 @@ def check_override_keys(argv: Sequence[str]) -> None:
     return
   config = config_lib.load_config(found[1])
   for key in overrides:
+    if key in config_lib.RENAMED_KEYS:
+      raise config_lib.ConfigError(config_lib.renamed_key_message(key))
     node = config
     parts = key.split(".")
     for depth, part in enumerate(parts):

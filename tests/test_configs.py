@@ -91,7 +91,7 @@ def test_release_defaults():
   assert c.model.checkpoint and not c.model.init
   assert c.method.to_dict() == dict(
       variant="svl_ra", anti_visual_weight=0.1, relation_weight=3.0,
-      visual_weight=1.0, stage1_fraction=0.6, timing="begin",
+      visual_weight=1.0, window_fraction=0.6, timing="begin",
       relation_form="release")
   assert c.lora.to_dict() == dict(rank=16, alpha=8.0, dropout=0.25,
                                   targets=("q", "k", "v"), towers="vision",
@@ -276,6 +276,50 @@ def _one_error_line(p, status=2):
   return errors[0]
 
 
+def test_renamed_keys_name_their_new_key():
+  assert config_lib.RENAMED_KEYS == {
+      "method.stage1_fraction": "method.window_fraction",
+      "skip_clean_pass_in_stage2": "skip_clean_pass_outside_window"}
+  for old, new in config_lib.RENAMED_KEYS.items():
+    assert new in config_lib.flatten(config_lib.default_config())
+    d = load("demo")
+    section, _, name = old.rpartition(".")
+    (d[section] if section else d)[name] = 0.5  # An old config file.
+    with pytest.raises(config_lib.ConfigError) as e:
+      config_lib.validate(d)
+    assert f"{old!r} was renamed to {new!r}" in str(e.value)
+    assert "unknown" not in str(e.value)  # Said once, as a rename.
+
+
+def test_workdir_saved_under_old_key_names_resumes(tmp_path):
+  """A run state whose fingerprint predates the rename is the same config."""
+  c = config_lib.resolve(load("demo"), num_devices=1)
+  fp = config_lib.fingerprint(c)
+  old = {({v: k for k, v in config_lib.RENAMED_KEYS.items()}).get(k, k): v
+         for k, v in fp.items()}
+  assert "method.stage1_fraction" in old and "method.window_fraction" not in old
+  assert config_lib.config_diff(old, fp) == []
+  changed = dict(old, **{"method.stage1_fraction": 0.4})
+  assert config_lib.config_diff(changed, fp) == [
+      "method.window_fraction: 0.4 -> 0.6"]
+  work = tmp_path / "work"
+  state = RunState(work / "state")
+  state.save({"next_episode": 4, "fingerprint": old, "config": c.to_dict()},
+             {"index": np.arange(4), "stages": {"accuracy": np.zeros((4, 5))}})
+  state.close()
+  assert runner.prepare_workdir(c, work, restart=False) is not None
+
+
+def test_cli_renamed_override_key(tmp_path):
+  line = _one_error_line(_cli("--config", "configs/episodic/demo.py",
+                              "--config.skip_clean_pass_in_stage2=False",
+                              "--workdir", str(tmp_path / "w")))
+  assert ("'skip_clean_pass_in_stage2' was renamed to "
+          "'skip_clean_pass_outside_window'") in line
+  assert "--config.skip_clean_pass_outside_window=VALUE" in line
+  assert not (tmp_path / "w").exists()
+
+
 def test_cli_unknown_override_key(tmp_path):
   p = _cli("--config", "configs/episodic/demo.py",
            "--config.method.svl_weight=1", "--workdir", str(tmp_path))
@@ -363,6 +407,54 @@ def test_paths_tilde_in_path_keys(tmp_path, monkeypatch):
   assert set(config_lib.PATH_KEYS) <= set(config_lib.flatten(c))
 
 
+def test_episode_shape_checked_before_any_data():
+  """way / shot + query the dataset cannot give, known from the config."""
+  _bad("way", 11, "'way' is 11", "num_classes=10", "way <= 10")
+  _bad("query", 100, "1 + 100 = 101", "images_per_class=40",
+       "shot + query <= 40")
+  d = load("isic")
+  d.way = 8
+  with pytest.raises(config_lib.ConfigError, match=r"'way' is 8; dataset "
+                     r"'isic2018' has 7 classes: expected way <= 7"):
+    config_lib.validate(d)
+  d.way = 7  # As many as there are: fine.
+  config_lib.validate(d)
+
+
+def test_each_problem_is_reported_once():
+  """The job-level check of way/shot/query/steps/epochs, not the engine's
+  looser one again."""
+  for key, value in (("way", 0), ("shot", 0), ("query", 0), ("steps", 0),
+                     ("epochs", 0)):
+    d = load("demo")
+    d[key] = value
+    d.steps = -1 if key == "epochs" else d.steps  # epochs then sets T.
+    with pytest.raises(config_lib.ConfigError) as e:
+      config_lib.validate(d)
+    lines = str(e.value).splitlines()
+    assert lines == [line for line in lines if f"'{key}'" in line], lines
+    assert len(lines) == 1, lines
+  # The engine's own checks still run in the same pass.
+  d = load("demo")
+  d.shot, d.logit_scale, d.lora.rank = 0, -1.0, 0
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(d)
+  msg = str(e.value)
+  assert "'shot' is 0" in msg and "lora.rank 0" in msg
+  assert "logit_scale -1.0: expected a finite number > 0" in msg
+  assert "shot 0" not in msg
+
+
+def test_cli_episode_shape_refused_before_generating_data(tmp_path):
+  for flag, fragment in (("--config.way=11", "way <= 10"),
+                         ("--config.query=100", "shot + query <= 40")):
+    work = tmp_path / flag.split(".")[1].split("=")[0]
+    line = _one_error_line(_cli("--config", "configs/episodic/demo.py",
+                                flag, "--workdir", str(work)))
+    assert fragment in line and line.count(fragment) == 1, line
+    assert not work.exists()  # Nothing generated, nothing written.
+
+
 def test_small_classes_error_names_the_command_line_switch(tmp_path):
   from jaxfsl.protocols.episodic import inputs
 
@@ -373,7 +465,8 @@ def test_small_classes_error_names_the_command_line_switch(tmp_path):
   dataset = inputs.open_dataset(c, tmp_path)
   with pytest.raises(config_lib.ConfigError) as e:
     inputs.make_sampler(c, dataset, 32)
-  assert "--config.dataset.exclude_small_classes=True" in str(e.value)
+  # Said once (the sampler's message already names it).
+  assert str(e.value).count("--config.dataset.exclude_small_classes=True") == 1
 
 
 def test_clean_exit_missing_config_file_creates_nothing(tmp_path):

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from jaxfsl import data
-from jaxfsl.data import images, sources
+from jaxfsl.data import csv_sources, images, sources
 from jaxfsl.data.errors import CorruptInputError
 
 _REPO = Path(__file__).resolve().parents[1]
@@ -163,9 +163,9 @@ def test_input_chestx_nih_box_label_file_is_accepted(tmp_path):
   assert result.dataset.metadata["csv_name"] == v2020
   assert f"Labels read from {v2020}." in result.summary()
   # Both present: the 2017 file is preferred (and said so).
-  both = _chestx(tmp_path / "both", (sources.CHESTX_CSV, v2020))
+  both = _chestx(tmp_path / "both", (csv_sources.CHESTX_CSV, v2020))
   result = _prepare("chestx", tmp_path / "b", both)
-  assert result.dataset.metadata["csv_name"] == sources.CHESTX_CSV
+  assert result.dataset.metadata["csv_name"] == csv_sources.CHESTX_CSV
   assert len(result.dataset) == 7  # The v2020 file's "No Finding" unused.
 
 
@@ -181,7 +181,7 @@ def _many_bad_inputs(root: Path) -> Path:
   (root / "images" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
   rows.append(["corrupt.png", "Mass"])     # line 8
   rows.append(["nowhere.png", "Nodule"])  # line 9
-  with open(root / sources.CHESTX_CSV, "w", newline="") as f:
+  with open(root / csv_sources.CHESTX_CSV, "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(["Image Index", "Finding Labels"])
     w.writerows(rows)

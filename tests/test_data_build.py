@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from jaxfsl import data
-from jaxfsl.data import sources
+from jaxfsl.data import csv_sources, sources
 from jaxfsl.data.errors import (
     CorruptInputError,
     DatasetNotPreparedError,
@@ -103,7 +103,7 @@ def _chestx_manual(root: Path) -> Path:
   _write(root / "images" / "typo.png", 5, "PNG", mode="L")
   _write(root / "images" / "unlisted.png", 6, "PNG", mode="L")
   rows.append(["typo.png", "Atelectasiss"])      # line 30
-  with open(root / sources.CHESTX_CSV, "w", newline="") as f:
+  with open(root / csv_sources.CHESTX_CSV, "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(_CHESTX_HEADER)
     for i, (name, labels) in enumerate(rows):
@@ -172,7 +172,7 @@ def test_chestx_skip_corrupt(tmp_path, capsys):
 
 
 def _isic_manual(root: Path) -> Path:
-  inputs = root / sources.ISIC_INPUT_DIR
+  inputs = root / csv_sources.ISIC_INPUT_DIR
   rows = []
   for k in range(len(sources.ISIC_CLASSES)):
     for j in range(2):
@@ -185,9 +185,9 @@ def _isic_manual(root: Path) -> Path:
   _write_truncated(inputs / "ISIC_9000003.jpg")
   rows.append(["ISIC_9000003"] + [0.0, 1.0] + [0.0] * 5)  # line 18: truncated
   (inputs / "LICENSE.txt").write_text("not listed, not an image")
-  gt = root / sources.ISIC_GT_DIR
+  gt = root / csv_sources.ISIC_GT_DIR
   gt.mkdir(parents=True)
-  with open(gt / sources.ISIC_CSV, "w", newline="") as f:
+  with open(gt / csv_sources.ISIC_CSV, "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(["image"] + list(sources.ISIC_CLASSES))
     w.writerows(rows)
@@ -220,7 +220,7 @@ def test_isic_errors_name_file_and_row(tmp_path):
 
 def test_isic_truncated_image_stops_build(tmp_path):
   manual = _isic_manual(tmp_path / "raw")
-  csv_path = manual / sources.ISIC_GT_DIR / sources.ISIC_CSV
+  csv_path = manual / csv_sources.ISIC_GT_DIR / csv_sources.ISIC_CSV
   lines = csv_path.read_text().splitlines()
   csv_path.write_text("\n".join(lines[:15] + lines[17:]) + "\n")
   with pytest.raises(CorruptInputError) as e:

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from jaxfsl import data
-from jaxfsl.data import sources
+from jaxfsl.data import csv_sources, sources
 from jaxfsl.data.errors import StaleDatasetError
 
 _REPO = Path(__file__).resolve().parents[1]
@@ -103,7 +103,7 @@ def _chestx(root: Path, archives: int) -> Path:
       name = f"{a:04d}{c:04d}_000.png"
       _write(root / f"images_{a + 1:03d}" / "images" / name, 10 * a + c)
       rows.append([name, label])
-  with open(root / sources.CHESTX_CSV, "w", newline="") as f:
+  with open(root / csv_sources.CHESTX_CSV, "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(["Image Index", "Finding Labels"])
     w.writerows(rows)

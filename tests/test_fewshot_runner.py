@@ -146,6 +146,25 @@ def test_validate_lists_every_bad_key():
   assert "fewshot.batch_size=0" in msg
 
 
+def test_renamed_keys_refused_and_old_workdirs_resume(tmp_path):
+  config = job_config()
+  config.method.stage1_fraction = 0.5  # An old config file.
+  with pytest.raises(ValueError, match="'method.stage1_fraction' was "
+                     "renamed to 'method.window_fraction'"):
+    runner.validate(config)
+  # A run recorded under the old name resumes under the new one.
+  config = job_config()
+  saved = json.loads(config.to_json())
+  saved["method"]["stage1_fraction"] = saved["method"].pop("window_fraction")
+  (tmp_path / "fewshot_config.json").write_text(json.dumps(saved))
+  (tmp_path / "checkpoints").mkdir()
+  runner.check_resumable(config, tmp_path)
+  saved["method"]["stage1_fraction"] = 0.4
+  (tmp_path / "fewshot_config.json").write_text(json.dumps(saved))
+  with pytest.raises(ValueError, match="method.window_fraction: 0.4 -> 0.6"):
+    runner.check_resumable(config, tmp_path)
+
+
 def test_table_means_over_seeds(tmp_path):
   from jaxfsl.protocols.fewshot.table import fewshot_table, find_results
 

@@ -197,7 +197,7 @@ def test_skipping_clean_pass_in_stage2_is_exact(model, engine, batch):
   one = {k: v[:1] for k, v in batch.items()}
   keys = episode_keys(0, [0])
   fast = engine.run_batch(one, keys)
-  full = EpisodeEngine(model, config(skip_clean_pass_in_stage2=False)
+  full = EpisodeEngine(model, config(skip_clean_pass_outside_window=False)
                        ).run_batch(one, keys)
   np.testing.assert_allclose(fast["stages"]["accuracy"],
                              full["stages"]["accuracy"], atol=1e-6)

@@ -115,9 +115,9 @@ def test_weighted_objective_parts_sum_to_total():
 
 def test_method_config_names_every_bad_key():
   with pytest.raises(ValueError) as info:
-    MethodConfig(variant="bogus", timing="middle", stage1_fraction=0.0,
+    MethodConfig(variant="bogus", timing="middle", window_fraction=0.0,
                  relation_weight=-1.0, relation_form="kl")
   message = str(info.value)
-  for key in ("method.variant", "method.timing", "method.stage1_fraction",
+  for key in ("method.variant", "method.timing", "method.window_fraction",
               "method.relation_weight", "method.relation_form"):
     assert key in message, message

@@ -20,7 +20,7 @@ from jaxfsl.protocols.episodic.engine_config import (
   LOSS_SCALE_GROWTH_STEPS,
   EngineConfig,
 )
-from jaxfsl.protocols.episodic.program import _dynamic_scale_update
+from jaxfsl.protocols.episodic.loss_scaling import dynamic_scale_update
 
 EPISODES = 8
 
@@ -71,21 +71,21 @@ def test_dynamic_loss_scale_skips_overflow_and_grows():
   old = {"w": jnp.zeros(3)}
   scale = jnp.asarray(2.0 ** 16, jnp.float32)
   bad = {"w": jnp.asarray([1.0, jnp.inf, 0.0])}
-  params, _, s, n = _dynamic_scale_update(
+  params, _, s, n = dynamic_scale_update(
       bad, (new, new), (old, old), scale, jnp.asarray(5, jnp.int32))
   # Overflow: the previous parameters are kept and the scale halves.
   np.testing.assert_array_equal(params["w"], old["w"])
   assert float(s) == 2.0 ** 15 and int(n) == 0
   good = {"w": jnp.ones(3)}
-  params, _, s, n = _dynamic_scale_update(
+  params, _, s, n = dynamic_scale_update(
       good, (new, new), (old, old), scale, jnp.asarray(5, jnp.int32))
   np.testing.assert_array_equal(params["w"], new["w"])
   assert float(s) == 2.0 ** 16 and int(n) == 6
-  _, _, s, n = _dynamic_scale_update(
+  _, _, s, n = dynamic_scale_update(
       good, (new, new), (old, old), scale,
       jnp.asarray(LOSS_SCALE_GROWTH_STEPS - 1, jnp.int32))
   assert float(s) == 2.0 ** 17 and int(n) == 0
-  _, _, s, _ = _dynamic_scale_update(
+  _, _, s, _ = dynamic_scale_update(
       bad, (new, new), (old, old), jnp.asarray(1.0), jnp.asarray(0))
   assert float(s) == 1.0  # never below 1
 

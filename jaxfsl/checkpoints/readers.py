@@ -4,9 +4,9 @@
   framework="numpy")``); bfloat16 comes back as ``ml_dtypes.bfloat16``;
 * ``.npz`` with ``allow_pickle=False``;
 * PyTorch files with ``torch.load(weights_only=True)``, and OpenAI's
-  TorchScript archives through ``torch.jit.load`` (see ``_torchscript``).
-  This module is the only place in jaxfsl that imports torch, and only when
-  such a file is read.
+  TorchScript archives through ``torch.jit.load``, both in ``torch_files``
+  (the only module of jaxfsl that imports torch, and only when such a file
+  is read).
 
 Every failure is a ``CheckpointError`` naming the file.
 """
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-import warnings
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -31,6 +29,7 @@ import ml_dtypes
 import numpy as np
 import safetensors
 
+from jaxfsl.checkpoints import torch_files
 from jaxfsl.checkpoints.errors import CheckpointError, first_line, listing
 
 PathLike = str | os.PathLike
@@ -164,77 +163,6 @@ def _read_sharded(folder: Path, index_file: Path, read):
 # --------------------------------------------------------------- PyTorch
 
 
-def _import_torch(path: PathLike, what: str):
-  try:
-    import torch
-  except ImportError as e:
-    raise CheckpointError(
-        f"{path}: {what} needs torch (the CPU build is enough: pip install "
-        "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)"
-    ) from e
-  return torch
-
-
-def torch_load_weights(path: PathLike) -> Any:
-  """``torch.load(path, weights_only=True)`` with errors as CheckpointError.
-
-  ``weights_only=True`` restricts unpickling to tensors, primitive containers
-  and a small allow-list of torch types, so a file cannot run code on load; a
-  file that needs anything else is refused rather than trusted.
-  """
-  torch = _import_torch(path, "reading PyTorch weights")
-  try:
-    return torch.load(str(path), map_location="cpu", weights_only=True)
-  except pickle.UnpicklingError as e:
-    raise CheckpointError(
-        f"{path}: refusing to load: the file needs to unpickle objects other "
-        "than tensors and plain containers, which torch.load(weights_only=True)"
-        f" does not allow (arbitrary pickles can run code): "
-        f"{_unpickler_reason(e)}") from e
-  except (RuntimeError, OSError, EOFError, ValueError) as e:
-    raise CheckpointError(
-        f"{path}: not a readable PyTorch weights file (truncated or corrupt?): "
-        f"{first_line(e)}") from e
-
-
-def _unpickler_reason(e: BaseException) -> str:
-  """The informative line of torch's long weights_only error."""
-  for line in str(e).splitlines():
-    if "WeightsUnpickler error:" in line:
-      reason = line.split("WeightsUnpickler error:", 1)[1].strip()
-      return reason.split(". ")[0]
-  return first_line(e)
-
-
-def _torchscript(path: str) -> Mapping[str, Any]:
-  """state_dict() of a TorchScript archive, without running the model.
-
-  Why this is acceptable where plain pickle is not: ``torch.jit.load`` does
-  not use Python's pickle. Its tensors and constants go through TorchScript's
-  C++ unpickler, which resolves only tensor-rebuild functions, containers and
-  TorchScript (``__torch__``) types, so the file cannot name an arbitrary
-  Python callable the way a pickle REDUCE can. The code in the archive is
-  TorchScript, compiled and run by the TorchScript interpreter, which can call
-  registered torch operators but not the Python interpreter, ``os`` or
-  builtins. We never call ``forward``; we only read ``state_dict()``. What
-  remains is what OpenAI's own ``clip.load`` accepts: a TorchScript class's
-  ``__setstate__`` runs during load (torch ops only) and a malicious archive
-  could target bugs in the C++ deserialiser, so load archives from sources
-  you trust.
-  """
-  torch = _import_torch(path, "a TorchScript archive; reading it")
-  try:
-    with warnings.catch_warnings():
-      # torch >= 2.9 deprecates TorchScript, but OpenAI's files are archives.
-      warnings.simplefilter("ignore", DeprecationWarning)
-      module = torch.jit.load(path, map_location="cpu")
-  except (RuntimeError, ValueError, OSError) as e:
-    raise CheckpointError(
-        f"{path}: unreadable TorchScript archive (truncated or corrupt?): "
-        f"{first_line(e)}") from e
-  return module.state_dict()
-
-
 def zip_names(path: PathLike) -> list[str] | None:
   """Member names of a zip file, None when ``path`` is not a zip."""
   if not zipfile.is_zipfile(path):
@@ -264,9 +192,9 @@ def read_torch(path: PathLike) -> dict[str, np.ndarray]:
   names = zip_names(path)
   if names is not None and any(
       n == "constants.pkl" or n.endswith("/constants.pkl") for n in names):
-    state = _torchscript(path)
+    state = torch_files.load_torchscript_state_dict(path)
   else:
-    state = torch_load_weights(path)
+    state = torch_files.load_torch_state_dict(path)
   for wrapper in ("state_dict", "weights"):  # weights: PE's load_ckpt
     if (isinstance(state, Mapping) and wrapper in state
         and isinstance(state[wrapper], Mapping)):
@@ -275,12 +203,18 @@ def read_torch(path: PathLike) -> dict[str, np.ndarray]:
   if isinstance(state, Mapping) and state and all(
       isinstance(k, str) and k.startswith("module.") for k in state):
     state = {k[len("module."):]: v for k, v in state.items()}
-  return torch_to_numpy(state, path)
+  return state_dict_arrays(state, path)
 
 
-def torch_to_numpy(tree: Any, path: PathLike) -> dict[str, np.ndarray]:
-  """A flat {name: torch.Tensor} map -> {name: np.ndarray} (floats kept)."""
-  torch = _import_torch(path, "reading PyTorch weights")
+def state_dict_arrays(tree: Any, path: PathLike) -> dict[str, np.ndarray]:
+  """A flat {name: array or number} state dict -> {name: np.ndarray}.
+
+  ``tree`` is what ``torch_files`` returns (tensors already numpy).
+
+  Raises:
+    CheckpointError: not a map, a non-string key, or an entry that is
+      neither an array nor a number.
+  """
   if not isinstance(tree, Mapping):
     raise CheckpointError(
         f"{path}: expected a state dict (a map of tensors), found "
@@ -289,11 +223,8 @@ def torch_to_numpy(tree: Any, path: PathLike) -> dict[str, np.ndarray]:
   for name, value in tree.items():
     if not isinstance(name, str):
       raise CheckpointError(f"{path}: non-string key {name!r} in state dict")
-    if isinstance(value, torch.Tensor):
-      value = value.detach().cpu()
-      if value.dtype == torch.bfloat16:
-        value = value.to(torch.float32)
-      out[name] = value.numpy()
+    if isinstance(value, np.ndarray):
+      out[name] = value
     elif isinstance(value, (int, float)):
       out[name] = np.asarray(value)
     else:
@@ -303,7 +234,7 @@ def torch_to_numpy(tree: Any, path: PathLike) -> dict[str, np.ndarray]:
 
 
 def _read_torch_weights(path: PathLike) -> dict[str, np.ndarray]:
-  return torch_to_numpy(torch_load_weights(path), path)
+  return state_dict_arrays(torch_files.load_torch_state_dict(path), path)
 
 
 # A Hugging Face folder's weight files and sharded indexes, in transformers'

@@ -93,7 +93,7 @@ def get_config(arg=None):
   config.method.visual_weight = 1.0  # "FT + L_v" (variant visual).
   # Extra terms active for this fraction of T (0.6: the first 3 int(T/5)
   # steps) ...
-  config.method.stage1_fraction = 0.6
+  config.method.window_fraction = 0.6
   config.method.timing = "begin"  # ... at the beginning (or "last").
   config.method.relation_form = "release"  # Or "softmax_kl" (the paper's).
 
@@ -146,7 +146,7 @@ def get_config(arg=None):
   config.remat = False
   # After the extra-terms window, skip the clean support pass no loss reads
   # (exact; compiles a second step body).
-  config.skip_clean_pass_in_stage2 = True
+  config.skip_clean_pass_outside_window = True
 
   config.save_adapters = False  # Keep each episode's final adapters.
   config.eval_only = False  # Re-evaluate saved adapters, no training.
@@ -158,3 +158,14 @@ def get_config(arg=None):
   config.multihost = False
   config.demo = False  # Marks a pipeline check (demo.py).
   return config
+
+
+# Keys renamed since they were released: {old: new}. A config (file or
+# --config.KEY flag) using an old name is refused with the new one; a
+# workdir or results.json saved under an old name reads as the new one. The
+# extra-terms window can sit at the end of training (method.timing="last"),
+# so it is no longer called "stage 1".
+RENAMED_KEYS = {
+    "method.stage1_fraction": "method.window_fraction",
+    "skip_clean_pass_in_stage2": "skip_clean_pass_outside_window",
+}

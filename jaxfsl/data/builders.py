@@ -53,7 +53,7 @@ from etils import epath
 from PIL import Image
 
 from jaxfsl.data import catalog as _catalog_module
-from jaxfsl.data import images, sources, synthetic
+from jaxfsl.data import csv_sources, images, sources, synthetic
 from jaxfsl.data.errors import CorruptInputError, DataError, ManualDataError
 from jaxfsl.data.sources import Problem, SourceItem, SourceListing
 
@@ -302,7 +302,8 @@ class Chestx(CdfslBuilder, skip_registration=True):
     return sources.CHESTX_CLASSES
 
   def list_sources(self, manual_dir: Path) -> SourceListing:
-    return sources.list_chestx(manual_dir, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+    return csv_sources.list_chestx(manual_dir,
+                                   self.MANUAL_DOWNLOAD_INSTRUCTIONS)
 
   def read(self, item: SourceItem) -> tuple[bytes, str]:
     return images.read_chestx(item.path)
@@ -323,7 +324,8 @@ class Isic2018(CdfslBuilder, skip_registration=True):
     return sources.ISIC_PROMPTS
 
   def list_sources(self, manual_dir: Path) -> SourceListing:
-    return sources.list_isic(manual_dir, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+    return csv_sources.list_isic(manual_dir,
+                                 self.MANUAL_DOWNLOAD_INSTRUCTIONS)
 
 
 class CropDisease(CdfslBuilder, skip_registration=True):

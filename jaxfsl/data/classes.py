@@ -77,6 +77,16 @@ EUROSAT_PROMPTS = (
     "Permanent Crop Land", "Residential Buildings", "River", "Sea or Lake",
 )
 
+# The datasets whose class list is fixed (the dataset names of
+# ``builders.BUILDERS``), so a config can be checked against it before any
+# data is read.
+FIXED_CLASSES = {
+    "chestx": CHESTX_CLASSES,
+    "isic2018": ISIC_CLASSES,
+    "crop_disease": CROP_DISEASE_CLASSES,
+    "eurosat": EUROSAT_CLASSES,
+}
+
 
 def prompt_name(class_name: str) -> str:
   """The name the release puts in the prompt: ``_`` replaced by a space."""

@@ -170,7 +170,7 @@ def _read_tensors(folder: Path) -> tuple[dict[str, np.ndarray], str]:
     if not isinstance(state, dict):
       raise InteropError(f"{path}: expected a state dict, got "
                          f"{type(state).__name__}")
-    return {k: np.asarray(v.float().numpy()) for k, v in state.items()}, str(
+    return {k: np.asarray(v, np.float32) for k, v in state.items()}, str(
         path)
   raise InteropError(
       f"{folder}: no {WEIGHTS_FILE} or {TORCH_WEIGHTS_FILE} (a PEFT adapter "

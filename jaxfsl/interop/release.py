@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxfsl.checkpoints import torch_files
+from jaxfsl.checkpoints.errors import CheckpointError
 from jaxfsl.interop import common
 from jaxfsl.interop.common import InteropError
 from jaxfsl.paths import user_path
@@ -145,42 +147,34 @@ def export_release(adapters: Adapters, path: str | os.PathLike[str], *,
   Raises:
     InteropError: torch is not installed, or see ``release_state``.
   """
-  try:
-    import torch
-  except ImportError:
-    raise InteropError(
-        "writing the release's .pt format needs torch (the CPU build is "
-        "enough: pip install torch==2.13.0 --index-url "
-        "https://download.pytorch.org/whl/cpu); the npz and peft formats "
-        "do not") from None
   state = release_state(adapters, position, model)
-  state["weights"] = {
-      layer: {proj: {k: torch.from_numpy(v) for k, v in ab.items()}
-              for proj, ab in projs.items()}
-      for layer, projs in state["weights"].items()}
   path = user_path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  torch.save(state, str(path))
+  try:
+    torch_files.save_torch_state_dict(
+        path, state, "writing the release's .pt format")
+  except torch_files.TorchMissingError as e:
+    raise InteropError(f"{e}; the npz and peft formats do not need torch"
+                       ) from None
   return path
 
 
 def torch_load(path: Path) -> Any:
-  """``torch.load(path, weights_only=True)`` on CPU, errors naming the file.
+  """``torch.load(path, weights_only=True)`` on CPU, tensors as numpy.
+
+  Returns:
+    The stored object, every tensor an ``np.ndarray``
+    (``torch_files.load_torch_state_dict``).
 
   Raises:
-    InteropError: torch missing, or the file is unreadable / holds objects
-      other than tensors and plain containers.
+    InteropError: torch missing (with the install command), or the file is
+      unreadable / holds objects other than tensors and plain containers;
+      the message names the file.
   """
   try:
-    import torch
-  except ImportError:
-    raise InteropError(f"{path}: reading a .pt file needs torch (pip install "
-                       "torch, CPU build is enough)") from None
-  try:
-    return torch.load(str(path), map_location="cpu", weights_only=True)
-  except Exception as e:  # pickle and torch raise many types here.
-    raise InteropError(f"{path}: not loadable with torch.load(weights_only="
-                       f"True): {type(e).__name__}: {e}") from None
+    return torch_files.load_torch_state_dict(path)
+  except CheckpointError as e:
+    raise InteropError(str(e)) from None
 
 
 def adapters_from_state(state: Any, depths: Mapping[str, int], source: str
@@ -271,9 +265,7 @@ def adapters_from_state(state: Any, depths: Mapping[str, int], source: str
 
 
 def _numpy(x: Any) -> np.ndarray:
-  if hasattr(x, "detach"):  # A torch tensor (any dtype, e.g. fp16).
-    x = x.detach().cpu().float().numpy()
-  return np.asarray(x, np.float32)
+  return np.asarray(x, np.float32)  # e.g. a float16 file.
 
 
 def read_release(path: str | os.PathLike[str], depths: Mapping[str, int]

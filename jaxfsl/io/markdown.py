@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxfsl.configs.base import RENAMED_KEYS
 from jaxfsl.io import aggregate
 
 # The paper's column order (Table 1: ISIC / EuroSAT / CropDisease / ChestX).
@@ -63,7 +64,12 @@ def stage_labels(num_stages: int) -> list[str]:
   return ["T"] * num_stages
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]
+                   ) -> str:
+  """A Markdown table: ``header`` cells, a ``---`` rule, one line per row.
+
+  Cells are written as given (no escaping of ``|``); no trailing newline.
+  """
   lines = ["| " + " | ".join(header) + " |",
            "|" + "|".join("---" for _ in header) + "|"]
   lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -104,7 +110,7 @@ def _loss_section(results: Mapping[str, Any]) -> list[str]:
   rows = loss_rows(results["loss_means"])
   num = len(next(iter(rows.values())))
   lines = ["", "## Loss terms (mean over each evaluation segment)", ""]
-  lines.append(_table(["term", *_segment_labels(results, num)],
+  lines.append(markdown_table(["term", *_segment_labels(results, num)],
                       [[LOSS_LABELS.get(t, t)] + [_fmt(v) for v in values]
                        for t, values in rows.items()]))
   lines.append("")
@@ -144,7 +150,7 @@ def summary_markdown(results: Mapping[str, Any]) -> str:
       f"{r['way']}-way {r['shot']}-shot accuracy (%), mean ± 95% CI "
       f"(1.96 std / sqrt(n)) over {r['num_episodes']} episodes:")
   lines.append("")
-  lines.append(_table(
+  lines.append(markdown_table(
       ["Method", label],
       [[r["method"], aggregate.format_mean_ci(r["accuracy_mean"],
                                               r["accuracy_ci95"])],
@@ -185,7 +191,7 @@ def summary_markdown(results: Mapping[str, Any]) -> str:
     if m in means:
       rows.append([METRIC_LABELS[m], _fmt(zero.get(m))] +
                   [_fmt(v) for v in means[m]])
-  lines.append(_table(header, rows))
+  lines.append(markdown_table(header, rows))
 
   if r.get("loss_means"):
     lines += _loss_section(r)
@@ -229,6 +235,7 @@ def _settings(r: Mapping[str, Any]) -> dict[str, Any]:
   config = r.get("config") or {}
   out = {k: r.get(k, config.get(k)) for k in _LABEL_KEYS}
   for k, v in _flat(config).items():
+    k = RENAMED_KEYS.get(k, k)  # A run saved before a key was renamed.
     if k not in out and not k.startswith(_IGNORED_CONFIG):
       out[k] = tuple(v) if isinstance(v, list) else v
   return out
@@ -330,7 +337,7 @@ def comparison_table(all_results: Sequence[Mapping[str, Any]],
       rows.append(row)
     out.append(f"### {way}-way {shot}-shot accuracy (%), mean ± 95% CI "
                "over episodes (n episodes)\n")
-    out.append(_table(header, rows))
+    out.append(markdown_table(header, rows))
     notes = []
     if any(not r.get("complete", True) for r in runs):
       notes.append("\\* incomplete run (fewer episodes than planned).")
@@ -378,5 +385,5 @@ def seeds_table(group: Mapping[str, Any], digits: int = 2) -> str:
                f"{group['accuracy_std_over_seeds']:.{digits}f})",
                f"{group['zero_shot_accuracy_mean']:.{digits}f}",
                str(group["num_episodes"])])
-  return _table(["seed", "accuracy (%), mean ± 95% CI",
+  return markdown_table(["seed", "accuracy (%), mean ± 95% CI",
                  "zero-shot (%)", "n episodes"], rows)

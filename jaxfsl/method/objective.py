@@ -69,8 +69,8 @@ class MethodConfig:
     anti_visual_weight: weight of L_ad (SVL); the release: 0.1.
     relation_weight: weight of L_ra (RA); the release: 3.
     visual_weight: weight of L_v for the "visual" variant.
-    stage1_fraction: length of the extra-terms window as a fraction of T
-      (config key ``method.stage1_fraction``). A multiple of 1/5 makes the
+    window_fraction: length of the extra-terms window as a fraction of T
+      (config key ``method.window_fraction``). A multiple of 1/5 makes the
       window end at an evaluation step, the release's integer rule: 0.6
       gives ``3 * int(T / 5)`` steps, 1.0 all T. Any other value gives
       ``int(fraction * T)`` steps. RA's fuse weight falls over
@@ -88,7 +88,7 @@ class MethodConfig:
   anti_visual_weight: float = 0.1
   relation_weight: float = 3.0
   visual_weight: float = 1.0
-  stage1_fraction: float = RELEASE_WINDOW_FRACTION
+  window_fraction: float = RELEASE_WINDOW_FRACTION
   timing: Literal["begin", "last"] = "begin"
   relation_form: Literal["release", "softmax_kl"] = "release"
 
@@ -103,9 +103,9 @@ class MethodConfig:
     if self.relation_form not in RELATION_FORMS:
       errors.append(f"method.relation_form {self.relation_form!r}: expected "
                     f"one of {RELATION_FORMS}")
-    if not _is_number(self.stage1_fraction) or not (
-        0.0 < self.stage1_fraction <= 1.0):
-      errors.append(f"method.stage1_fraction {self.stage1_fraction!r}: "
+    if not _is_number(self.window_fraction) or not (
+        0.0 < self.window_fraction <= 1.0):
+      errors.append(f"method.window_fraction {self.window_fraction!r}: "
                     "expected a number in (0, 1]")
     for name in ("anti_visual_weight", "relation_weight", "visual_weight"):
       value = getattr(self, name)
@@ -184,7 +184,7 @@ def window_length(total_steps: int,
 
   Args:
     total_steps: T >= 1.
-    fraction: ``MethodConfig.stage1_fraction``, in (0, 1].
+    fraction: ``MethodConfig.window_fraction``, in (0, 1].
 
   Returns:
     int in [0, T].
@@ -208,13 +208,13 @@ def active_window(total_steps: int, method: MethodConfig) -> tuple[int, int]:
 
   Args:
     total_steps: T.
-    method: gives ``stage1_fraction`` and ``timing``.
+    method: gives ``window_fraction`` and ``timing``.
 
   Returns:
     (start, end): (0, L) for "begin", (T - L, T) for "last", with L =
-    ``window_length(T, method.stage1_fraction)``.
+    ``window_length(T, method.window_fraction)``.
   """
-  length = window_length(total_steps, method.stage1_fraction)
+  length = window_length(total_steps, method.window_fraction)
   if method.timing == "begin":
     return 0, length
   return int(total_steps) - length, int(total_steps)
@@ -233,7 +233,7 @@ def fuse_weight(step: ArrayLike, total_steps: int | ArrayLike,
     total_steps: T, an int (the denominator is then Python's float64
       floor, as the release's) or a traced scalar (floor in float32, exact
       for any realistic T).
-    fraction: ``MethodConfig.stage1_fraction`` (static).
+    fraction: ``MethodConfig.window_fraction`` (static).
 
   Returns:
     float32 scalar in [0, 1].

@@ -25,7 +25,6 @@ patch-embedding cache works unchanged, and its blocks are the shared
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -33,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfsl.models.families.pe_core import AbsentTextConfig, PeVisionConfig
-from jaxfsl.models.layers import Block, Dense, LayerNorm
+from jaxfsl.models.layers import Dense, LayerNorm
+from jaxfsl.models.tower import Tower, image_encoder_params
 from jaxfsl.models.vit import MapHead, PatchEmbed
 
 Array = jax.Array
@@ -96,41 +96,23 @@ def resample_pos_embed(pos: Array, grid: int, new_grid: int,
       [cls, patches.reshape(new_grid * new_grid, width)], axis=0)
 
 
-class PeVisionTower(nn.Module):
+class PeVisionTower(Tower):
   """PE-Core image encoder (see the module docstring).
 
   Attributes:
-    config: the architecture.
-    dtype: compute dtype (parameters stay float32; RoPE and LayerNorm run in
-      float32).
-    lora_scaling, lora_dropout: LoRA branch settings (see layers.Attention).
-    remat: rematerialise each block in the backward pass.
+    config: the architecture; the other settings as ``Tower`` (RoPE and
+      LayerNorm run in float32 whatever ``dtype``).
   """
 
   config: PeVisionConfig
-  dtype: Any = jnp.float32
-  lora_scaling: float = 1.0
-  lora_dropout: float = 0.0
-  remat: bool = False
 
   def setup(self):
     c = self.config
     self.patch_embed = PatchEmbed(c.patch_size, c.width, False,
                                   dtype=self.dtype)
-    if c.class_token:
-      self.cls_token = self.param("cls_token", nn.initializers.normal(0.02),
-                                  (c.width,), jnp.float32)
-    self.pos_embed = self.param("pos_embed", nn.initializers.normal(0.02),
-                                (c.num_tokens, c.width), jnp.float32)
+    self.cls_token, self.pos_embed, self.blocks = image_encoder_params(
+        self, c.class_token)
     self.ln_pre = LayerNorm(c.norm_eps)
-    block_cls = (nn.remat(Block, static_argnums=(3, 4)) if self.remat
-                 else Block)
-    self.blocks = [
-        block_cls(c.heads, c.mlp_dim, c.act, c.norm_eps, dtype=self.dtype,
-                  lora_scaling=self.lora_scaling,
-                  lora_dropout=self.lora_dropout)
-        for _ in range(c.depth)
-    ]
     self.ln_post = LayerNorm(c.norm_eps)
     self.map_head = MapHead(c.pool_heads, c.pool_mlp_dim, c.act, c.norm_eps,
                             dtype=self.dtype)
@@ -200,7 +182,7 @@ class PeVisionTower(nn.Module):
     return self.encode_tokens(self.embed(pixels), deterministic)
 
 
-class AbsentTextTower(nn.Module):
+class AbsentTextTower(Tower):
   """The text side of a vision-only checkpoint: raises when used.
 
   Initialisation (which builds the whole two-tower module to check shapes)
@@ -208,10 +190,6 @@ class AbsentTextTower(nn.Module):
   """
 
   config: AbsentTextConfig
-  dtype: Any = jnp.float32
-  lora_scaling: float = 1.0
-  lora_dropout: float = 0.0
-  remat: bool = False
 
   @nn.compact
   def __call__(self, token_ids: Array, deterministic: bool = True) -> Array:

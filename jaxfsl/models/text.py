@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,25 +9,19 @@ import jax.numpy as jnp
 from jaxfsl.models.config import TextConfig
 from jaxfsl.models.layers import Block, Dense, LayerNorm
 from jaxfsl.models.prompting import TextPrompt
+from jaxfsl.models.tower import Tower
 
 Array = jax.Array
 
 
-class TextTower(nn.Module):
+class TextTower(Tower):
   """Text encoder: token + position embeddings, blocks, final norm, pooling.
 
   Attributes:
-    config: the architecture.
-    dtype: compute dtype (parameters stay float32).
-    lora_scaling, lora_dropout: LoRA branch settings (see layers.Attention).
-    remat: rematerialise each block in the backward pass.
+    config: the architecture; the other settings as ``Tower``.
   """
 
   config: TextConfig
-  dtype: Any = jnp.float32
-  lora_scaling: float = 1.0
-  lora_dropout: float = 0.0
-  remat: bool = False
 
   @nn.compact
   def __call__(self, token_ids: Array, deterministic: bool = True,

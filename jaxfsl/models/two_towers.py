@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from jaxfsl.models.config import ModelConfig
 from jaxfsl.models.prompting import PromptLayout, TextPrompt, VisionPrompt
 from jaxfsl.models.text import TextTower
+from jaxfsl.models.tower import Tower
 from jaxfsl.models.vit import VisionTower
 
 Array = jax.Array
@@ -25,7 +26,7 @@ def _call(fn: Any, *args: Any, prompt: Any = None) -> Array:
   return fn(*args, prompt=prompt)
 
 
-class TwoTowers(nn.Module):
+class TwoTowers(Tower):
   """Image tower ``img``, text tower ``txt``, and the learned logit scale/bias.
 
   Apply with ``{"params": backbone}`` or ``{"params": backbone, "lora":
@@ -38,11 +39,7 @@ class TwoTowers(nn.Module):
   towers run plain.
   """
 
-  config: ModelConfig
-  dtype: Any = jnp.float32
-  lora_scaling: float = 1.0
-  lora_dropout: float = 0.0
-  remat: bool = False
+  config: ModelConfig  # The towers' settings (``Tower``) apply to both.
   prompt_layout: PromptLayout | None = None
 
   def setup(self):

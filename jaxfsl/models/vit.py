@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxfsl.models.config import VisionConfig
-from jaxfsl.models.layers import Attention, Block, Dense, LayerNorm, Mlp
+from jaxfsl.models.layers import Attention, Dense, LayerNorm, Mlp
 from jaxfsl.models.prompting import VisionPrompt
+from jaxfsl.models.tower import Tower, image_encoder_params
 
 Array = jax.Array
 
@@ -67,7 +68,7 @@ class MapHead(nn.Module):
     return h[:, 0]
 
 
-class VisionTower(nn.Module):
+class VisionTower(Tower):
   """ViT image encoder.
 
   ``embed`` and ``encode_tokens`` split the forward pass at the frozen patch
@@ -75,37 +76,19 @@ class VisionTower(nn.Module):
   and run only the trainable part every step.
 
   Attributes:
-    config: the architecture.
-    dtype: compute dtype (parameters stay float32).
-    lora_scaling, lora_dropout: LoRA branch settings (see layers.Attention).
-    remat: rematerialise each block in the backward pass (saves memory).
+    config: the architecture; the other settings as ``Tower``.
   """
 
   config: VisionConfig
-  dtype: Any = jnp.float32
-  lora_scaling: float = 1.0
-  lora_dropout: float = 0.0
-  remat: bool = False
 
   def setup(self):
     c = self.config
     self.patch_embed = PatchEmbed(c.patch_size, c.width, c.patch_bias,
                                   dtype=self.dtype)
-    if c.pool == "cls":
-      self.cls_token = self.param("cls_token", nn.initializers.normal(0.02),
-                                  (c.width,), jnp.float32)
-    self.pos_embed = self.param("pos_embed", nn.initializers.normal(0.02),
-                                (c.num_tokens, c.width), jnp.float32)
+    self.cls_token, self.pos_embed, self.blocks = image_encoder_params(
+        self, c.pool == "cls")
     if c.pre_norm:
       self.ln_pre = LayerNorm(c.norm_eps)
-    block_cls = (nn.remat(Block, static_argnums=(3, 4)) if self.remat
-                 else Block)
-    self.blocks = [
-        block_cls(c.heads, c.mlp_dim, c.act, c.norm_eps, dtype=self.dtype,
-                  lora_scaling=self.lora_scaling,
-                  lora_dropout=self.lora_dropout)
-        for _ in range(c.depth)
-    ]
     self.ln_post = LayerNorm(c.norm_eps)
     if c.pool == "map":
       self.map_head = MapHead(c.heads, c.mlp_dim, c.act, c.norm_eps,

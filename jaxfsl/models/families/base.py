@@ -79,6 +79,11 @@ class Family:
         logit_bias_init=top.pop("logit_bias_init", self.logit_bias_init),
         **top)
 
+  def with_presets(self, presets: Mapping[str, ModelConfig]) -> Family:
+    """This family with its named sizes (built with ``config``, hence
+    declared after the family itself)."""
+    return dataclasses.replace(self, presets=dict(presets))
+
   def preprocessing(self, image_size: int) -> Preprocessing:
     """The family's default preprocessing at ``image_size`` pixels."""
     return Preprocessing(image_size, self.mean, self.std, self.resample)

@@ -30,11 +30,10 @@ TEXT = dict(act="quick_gelu", causal=True, pool="eot", eot_token_id=None,
             proj_bias=False, norm_eps=1e-5)
 
 
-def _family(presets=None) -> Family:
-  return Family(name="clip", vision=VISION, text=TEXT,
-                logit_scale_init=LOGIT_SCALE_INIT,
-                logit_bias_init=None, mean=MEAN, std=STD,
-                resample="bilinear", tokenizer="clip", presets=presets or {})
+# The family without its presets (which ``clip_config`` builds from it).
+_CLIP = Family(name="clip", vision=VISION, text=TEXT,
+               logit_scale_init=LOGIT_SCALE_INIT, logit_bias_init=None,
+               mean=MEAN, std=STD, resample="bilinear", tokenizer="clip")
 
 
 def clip_config(
@@ -53,7 +52,7 @@ def clip_config(
     act: Activation = "quick_gelu",
 ) -> ModelConfig:
   """A CLIP config with MLP width 4W; defaults are ViT-B/16."""
-  return _family().config(
+  return _CLIP.config(
       vision=dict(image_size=image_size, patch_size=patch_size,
                   width=vision_width, depth=vision_depth, heads=vision_heads,
                   mlp_dim=4 * vision_width, embed_dim=embed_dim, act=act),
@@ -63,7 +62,7 @@ def clip_config(
                 eot_token_id=eot_token_id))
 
 
-FAMILY = _family({
+FAMILY = _CLIP.with_presets({
     "clip-vit-b16": clip_config(),
     "clip-vit-b32": clip_config(patch_size=32),
     "clip-vit-l14": clip_config(

@@ -150,12 +150,12 @@ def default_vision_heads(width: int, class_token: bool) -> int:
   return max(1, width // vision_head_width(width, class_token))
 
 
-def _family(presets=None) -> Family:
-  return Family(name="pe_core", vision=VISION, text=TEXT,
-                logit_scale_init=LOGIT_SCALE_INIT, logit_bias_init=None,
-                mean=MEAN, std=STD, resample="bilinear", tokenizer="pe_core",
-                presets=presets or {}, vision_config=PeVisionConfig,
-                default_tokenizer=default_tokenizer)
+# The family without its presets (which ``pe_core_config`` builds from it).
+_PE_CORE = Family(name="pe_core", vision=VISION, text=TEXT,
+                  logit_scale_init=LOGIT_SCALE_INIT, logit_bias_init=None,
+                  mean=MEAN, std=STD, resample="bilinear",
+                  tokenizer="pe_core", vision_config=PeVisionConfig,
+                  default_tokenizer=default_tokenizer)
 
 
 def pe_core_config(
@@ -185,7 +185,7 @@ def pe_core_config(
   Raises:
     ValueError: inconsistent sizes (from the config dataclasses).
   """
-  return _family().config(
+  return _PE_CORE.config(
       vision=dict(image_size=image_size, patch_size=patch_size, width=width,
                   depth=depth,
                   heads=heads or default_vision_heads(width, class_token),
@@ -202,7 +202,7 @@ def pe_core_config(
 _TS_TEXT = dict(text_width=512, text_depth=12, embed_dim=512)
 _BL_TEXT = dict(text_width=1024, text_depth=24, embed_dim=1024)
 
-FAMILY = _family({
+FAMILY = _PE_CORE.with_presets({
     "pe-core-t16-384": pe_core_config(
         image_size=384, patch_size=16, width=192, depth=12, **_TS_TEXT),
     "pe-core-s16-384": pe_core_config(

@@ -29,12 +29,11 @@ TEXT = dict(act="gelu_tanh", causal=False, pool="last", eot_token_id=None,
             proj_bias=True, norm_eps=1e-6)
 
 
-def _family(presets=None) -> Family:
-  return Family(name="siglip", vision=VISION, text=TEXT,
-                # SigLIP's init: t = log(10), b = -10.
-                logit_scale_init=2.302585, logit_bias_init=-10.0,
-                mean=MEAN, std=STD, resample="bilinear", tokenizer="siglip",
-                presets=presets or {})
+# The family without its presets (which ``siglip_config`` builds from it).
+_SIGLIP = Family(name="siglip", vision=VISION, text=TEXT,
+                 # SigLIP's init: t = log(10), b = -10.
+                 logit_scale_init=2.302585, logit_bias_init=-10.0,
+                 mean=MEAN, std=STD, resample="bilinear", tokenizer="siglip")
 
 
 def siglip_config(
@@ -48,7 +47,7 @@ def siglip_config(
     context_length: int = 64,
 ) -> ModelConfig:
   """A SigLIP config with both towers alike; defaults are B/16 at 224."""
-  return _family().config(
+  return _SIGLIP.config(
       vision=dict(image_size=image_size, patch_size=patch_size, width=width,
                   depth=depth, heads=heads, mlp_dim=mlp_dim, embed_dim=width),
       text=dict(vocab_size=vocab_size, context_length=context_length,
@@ -56,4 +55,4 @@ def siglip_config(
                 embed_dim=width))
 
 
-FAMILY = _family({"siglip-b16": siglip_config()})
+FAMILY = _SIGLIP.with_presets({"siglip-b16": siglip_config()})

@@ -1,4 +1,8 @@
-"""Job configs of the episodic protocol: finding, loading, checking, resolving.
+"""Job configs of the episodic protocol: checking and resolving.
+
+Finding and loading config files is ``config_files``, the error types are
+``errors``; both are re-exported here, the module the CLI and the runner
+use as ``config_lib``.
 
 ``jaxfsl/configs/base.py`` is the one home of defaults (every key, with a
 comment) and therefore the schema: a job config must have exactly its keys,
@@ -17,28 +21,35 @@ before anything slow starts and before anything is written.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import ml_collections
 import numpy as np
 
-from jaxfsl import configs as _configs_pkg
-from jaxfsl.paths import user_path
+# RENAMED_KEYS: {old: new} config keys; ``config_diff`` reads old as new.
+from jaxfsl.configs.base import RENAMED_KEYS
+from jaxfsl.protocols.episodic.config_files import (  # noqa: F401
+    BASE_FILE,
+    CONFIG_DIR,
+    default_config,
+    find_config,
+    load_config,
+    shipped_configs,
+)
+from jaxfsl.protocols.episodic.errors import (  # noqa: F401 - re-exported.
+    ConfigError,
+    Interrupted,
+    MissingInputError,
+    ResumeError,
+    UserError,
+    WorkdirError,
+)
 
 ConfigDict = ml_collections.ConfigDict
-
-# The config files shipped with jaxfsl (``configs`` in a clone is a link to
-# it): config names resolve here too, so ``--config episodic/isic.py`` works
-# from any directory, and from an installed wheel.
-CONFIG_DIR = Path(_configs_pkg.__file__).resolve().parent
-BASE_FILE = CONFIG_DIR / "base.py"
 
 DTYPES = ("float32", "bfloat16", "float16")
 # Keys that change how a job runs but not its results: a workdir may be
@@ -52,118 +63,6 @@ RUN_ONLY_KEYS = (
 # (``~`` and ``$VARS``) where it is used.
 PATH_KEYS = ("model.checkpoint", "model.tokenizer", "dataset.data_dir",
              "jax_cache_dir")
-
-
-class UserError(Exception):
-  """A problem the user can fix (bad config, missing input, workdir clash).
-
-  The CLI prints its message as one ``ERROR:`` line, without a traceback.
-  """
-
-
-class ConfigError(UserError, ValueError):
-  """Unknown keys, wrong types or invalid values; names every key."""
-
-
-class ResumeError(UserError):
-  """The workdir holds a run of another config (names the differing keys)."""
-
-
-class MissingInputError(UserError, FileNotFoundError):
-  """A checkpoint or saved adapters are missing; says how to get them."""
-
-
-class WorkdirError(UserError):
-  """The workdir cannot be used (a file, not writable); names the path."""
-
-
-class Interrupted(Exception):
-  """The job stopped on SIGINT/SIGTERM after saving its finished episodes.
-
-  Attributes:
-    signum: the signal received.
-    done: episodes finished and saved (including earlier runs).
-    total: episodes of the job.
-    exit_code: 128 + signum (130 for SIGINT, 143 for SIGTERM).
-  """
-
-  def __init__(self, signum: int, done: int | None, total: int | None):
-    self.signum, self.done, self.total = signum, done, total
-    self.exit_code = 128 + signum
-    where = ("while starting" if done is None
-             else f"after {done}/{total} episodes")
-    super().__init__(f"Interrupted {where}; rerun the same command to "
-                     "resume.")
-
-
-# ---------------------------------------------------------------------------
-# Finding and loading config files.
-# ---------------------------------------------------------------------------
-
-
-def shipped_configs() -> list[str]:
-  """The config files shipped with jaxfsl, relative to ``CONFIG_DIR``."""
-  return sorted(str(p.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.rglob("*.py")
-                if p.name != "__init__.py")
-
-
-def find_config(path: str | os.PathLike[str]) -> Path:
-  """The config file ``path`` names: as given (``~`` expanded, relative to
-  the current directory), else relative to the shipped configs (with or
-  without a leading ``configs/``).
-
-  Raises:
-    ConfigError: no such file; lists where it looked and the shipped configs.
-  """
-  given = user_path(path)
-  if given.is_file():
-    return given.resolve()
-  tried = [given.absolute()]
-  if not given.is_absolute():
-    parts = given.parts
-    rel = Path(*parts[1:]) if parts and parts[0] == "configs" else given
-    for candidate in dict.fromkeys((CONFIG_DIR / given, CONFIG_DIR / rel)):
-      if candidate.is_file():
-        return candidate.resolve()
-      tried.append(candidate)
-  raise ConfigError(
-      f"config file {str(path)!r} not found (looked at "
-      f"{', '.join(str(t) for t in tried)}); pass a config file, e.g. one of "
-      f"the shipped configs: {', '.join(shipped_configs())}")
-
-
-def load_config(path: str | os.PathLike[str], arg: str | None = None
-                ) -> ConfigDict:
-  """Loads a config file's ``get_config()`` (``"file.py:arg"`` passes arg).
-
-  Args:
-    path: a config file (see ``find_config`` for how names resolve).
-    arg: passed to ``get_config``.
-
-  Returns:
-    The config (not yet checked: see ``validate``).
-
-  Raises:
-    ConfigError: the file does not exist or has no ``get_config``.
-  """
-  path = str(path)
-  if arg is None and ":" in path and not user_path(path).exists():
-    path, arg = path.rsplit(":", 1)
-  file = find_config(path)
-  spec = importlib.util.spec_from_file_location(
-      f"jaxfsl_config_{file.stem}_{abs(hash(str(file)))}", file)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ConfigError(f"config file {str(file)!r} has no get_config()")
-  return module.get_config(arg) if arg else module.get_config()
-
-
-def default_config() -> ConfigDict:
-  """Every key with its type and default: ``jaxfsl/configs/base.py``."""
-  from jaxfsl.configs import base
-
-  return base.get_config()
 
 
 # ---------------------------------------------------------------------------
@@ -203,12 +102,22 @@ def _type_problem(key: str, value: Any, default: Any) -> str | None:
           f"{default!r}), got {type(value).__name__} {value!r}")
 
 
+def renamed_key_message(key: str) -> str:
+  """The error for a key of ``RENAMED_KEYS``, naming the new key."""
+  new = RENAMED_KEYS[key]
+  return (f"config key {key!r} was renamed to {new!r}: set "
+          f"config.{new} in a config file, or pass --config.{new}=VALUE")
+
+
 def schema_problems(config: ConfigDict) -> list[str]:
   """Unknown keys, missing keys and wrong types, against base.py."""
   schema = flatten(default_config())
   given = flatten(config)
   problems = []
   unknown = sorted(set(given) - set(schema))
+  for key in [k for k in unknown if k in RENAMED_KEYS]:
+    unknown.remove(key)
+    problems.append(renamed_key_message(key))
   if unknown:
     problems.append(f"unknown config key(s) {unknown}; see "
                     "jaxfsl/configs/base.py (or --help) for the keys "
@@ -228,6 +137,20 @@ def schema_problems(config: ConfigDict) -> list[str]:
 # ---------------------------------------------------------------------------
 # Job-level keys: the one place their values are checked.
 # ---------------------------------------------------------------------------
+
+
+# Job-level keys that shape the episodes, which ``EngineConfig`` checks again
+# (more loosely: any count >= 1): {key: (ok(value), expected, a valid
+# stand-in)}. ``validate`` gives the engine the stand-in of a bad one, so
+# that each problem is reported once, in the job's words.
+_SHAPE_CHECKS = {
+    # A 1-way episode is trivially 100% accurate: at least 2 classes.
+    "way": (lambda v: v >= 2, ">= 2", 2),
+    "shot": (lambda v: v >= 1, ">= 1", 1),
+    "query": (lambda v: v >= 1, ">= 1", 1),
+    "epochs": (lambda v: v >= 1, ">= 1", 1),
+    "steps": (lambda v: v >= 1 or v == -1, ">= 1 (or -1: epochs * shot)", 1),
+}
 
 
 def job_problems(config: ConfigDict) -> list[str]:
@@ -265,16 +188,13 @@ def job_problems(config: ConfigDict) -> list[str]:
       seeds.parse_seeds(c.seeds)
     except ConfigError as e:
       problems.append(f"config key 'seeds': {e}")
-  # A 1-way episode is trivially 100% accurate: at least 2 classes.
-  need(c.way >= 2, "way", ">= 2")
-  for key in ("shot", "query", "epochs"):
-    need(c[key] >= 1, key, ">= 1")
+  for key, (ok, expected, _) in _SHAPE_CHECKS.items():
+    need(ok(c[key]), key, expected)
   need(c.episodes_per_batch >= 1 or c.episodes_per_batch == -1,
        "episodes_per_batch", ">= 1 (or -1: auto, the largest batch that "
        "fits the device memory)")
   need(c.episodes >= 1 or c.episodes == -1, "episodes",
        ">= 1 (or -1: 800 for 1-shot, 400 otherwise)")
-  need(c.steps >= 1 or c.steps == -1, "steps", ">= 1 (or -1: epochs * shot)")
   need(c.seed >= 0, "seed", ">= 0")
   need(c.prompt.count("{}") == 1, "prompt",
        "a template with '{}' exactly once (the class name)")
@@ -314,12 +234,43 @@ def job_problems(config: ConfigDict) -> list[str]:
   else:
     need(d.name.partition("/")[0] in DATASET_NAMES, "dataset.name",
          f"one of {DATASET_NAMES} (image_folder/<name> for your own data)")
+  problems += _episode_fits_problems(c)
   need(d.num_workers >= 0, "dataset.num_workers", ">= 0")
   need(d.prefetch >= 1, "dataset.prefetch", ">= 1")
   for key in ("num_classes", "images_per_class"):
     need(d.synthetic[key] >= 1, f"dataset.synthetic.{key}", ">= 1")
   need(d.synthetic.image_size >= 8, "dataset.synthetic.image_size", ">= 8")
   need(d.synthetic.seed >= 0, "dataset.synthetic.seed", ">= 0")
+  return problems
+
+
+def _episode_fits_problems(c: ConfigDict) -> list[str]:
+  """An episode shape the dataset cannot give, where that is known from the
+  config alone (before the synthetic data is generated or any data read):
+  way against a fixed class list or ``dataset.synthetic.num_classes``, and
+  shot + query against ``dataset.synthetic.images_per_class``."""
+  from jaxfsl.data.classes import FIXED_CLASSES
+
+  d, problems = c.dataset, []
+  if d.name == "synthetic":
+    s = d.synthetic
+    if c.way > s.num_classes:
+      problems.append(
+          f"config key 'way' is {c.way}; the synthetic dataset has "
+          f"dataset.synthetic.num_classes={s.num_classes} classes: expected "
+          f"way <= {s.num_classes} (or raise dataset.synthetic.num_classes)")
+    if c.shot + c.query > s.images_per_class:
+      problems.append(
+          f"config keys 'shot' + 'query' are {c.shot} + {c.query} = "
+          f"{c.shot + c.query} images per class; the synthetic dataset has "
+          f"dataset.synthetic.images_per_class={s.images_per_class}: expected"
+          f" shot + query <= {s.images_per_class} (or raise "
+          "dataset.synthetic.images_per_class)")
+  elif d.name in FIXED_CLASSES and c.way > len(FIXED_CLASSES[d.name]):
+    problems.append(
+        f"config key 'way' is {c.way}; dataset {d.name!r} has "
+        f"{len(FIXED_CLASSES[d.name])} classes: expected way <= "
+        f"{len(FIXED_CLASSES[d.name])}")
   return problems
 
 
@@ -368,8 +319,8 @@ def engine_config(config: ConfigDict) -> Any:
   own values; ``steps=-1`` is taken as ``epochs * shot``.
 
   Raises:
-    ConfigError: every section the dataclasses refused, each message naming
-      the section and key.
+    ConfigError: every section the dataclasses refused and the engine's own
+      problems, in one pass, each message naming the section and key.
   """
   from jaxfsl.method.objective import MethodConfig
   from jaxfsl.optim import OptimConfig
@@ -388,26 +339,32 @@ def engine_config(config: ConfigDict) -> Any:
           targets=parse_targets(c.lora.targets), towers=c.lora.towers,
           blocks=parse_blocks(c.lora.blocks)),
   }
+  stand_ins = {"method": MethodConfig, "optim": OptimConfig,
+               "lora": LoraConfig}
   for section, build in builders.items():
     try:
       parts[section] = build()
     except (ValueError, TypeError) as e:
       problems.append(_section_error(section, e))
-  if problems:
-    raise ConfigError("\n".join(problems))
+      # Reported; a default stands in so that the checks below still run.
+      parts[section] = stand_ins[section]()
   block = None
   if c.trainable != "lora" and c.trainable in c:
     block = c[c.trainable].to_dict()  # coop.* / maple.*, checked when built.
   try:
-    return EngineConfig(
+    engine = EngineConfig(
         way=c.way, shot=c.shot, query=c.query, steps=total_steps(c),
         trainable=c.trainable, trainable_config=block,
         logit_scale=("checkpoint" if c.use_checkpoint_logit_scale
                      else float(c.logit_scale)),
-        remat=c.remat, skip_clean_pass_in_stage2=c.skip_clean_pass_in_stage2,
+        remat=c.remat,
+        skip_clean_pass_outside_window=c.skip_clean_pass_outside_window,
         **parts)
   except (ValueError, TypeError) as e:
-    raise ConfigError(str(e)) from e
+    problems.append(str(e))
+  if problems:
+    raise ConfigError("\n".join(problems))
+  return engine
 
 
 def validate(config: ConfigDict) -> None:
@@ -420,8 +377,16 @@ def validate(config: ConfigDict) -> None:
   if problems:  # Values of unknown or mistyped keys cannot be checked.
     raise ConfigError("\n".join(problems))
   problems = job_problems(config)
+  bad = {k: stand_in for k, (ok, _, stand_in) in _SHAPE_CHECKS.items()
+         if not ok(config[k])}
+  checked = config
+  if bad:  # Already reported: the engine checks the rest.
+    checked = ConfigDict(config.to_dict())
+    checked.update(bad)
+    if "epochs" in bad and "steps" not in bad and config.steps == -1:
+      checked.steps = 1
   try:
-    engine_config(config)
+    engine_config(checked)
   except ConfigError as e:
     problems.append(str(e))
   if problems:
@@ -493,7 +458,12 @@ def fingerprint(config: ConfigDict) -> dict[str, Any]:
 
 def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]
                 ) -> list[str]:
-  """``["shot: 1 -> 5", ...]`` for the keys whose values differ."""
+  """``["shot: 1 -> 5", ...]`` for the keys whose values differ.
+
+  ``old`` may be a fingerprint saved before a key was renamed
+  (``RENAMED_KEYS``): its old names count as the new ones.
+  """
+  old = {RENAMED_KEYS.get(k, k): v for k, v in old.items()}
   lines = []
   for key in sorted(set(old) | set(new)):
     a, b = old.get(key, "<absent>"), new.get(key, "<absent>")

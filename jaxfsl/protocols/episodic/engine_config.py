@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,7 @@ class EngineConfig:
       adds the same constant to every class logit, so it changes neither the
       softmax losses nor the argmax and is not needed here.)
     remat: rematerialise transformer blocks in the backward pass.
-    skip_clean_pass_in_stage2: outside the extra-terms window the clean
+    skip_clean_pass_outside_window: outside the extra-terms window the clean
       support pass feeds no loss; skipping it is exact and saves M of N + M
       images per step, at the price of compiling a second step body.
     num_views: V, augmented views per support image.
@@ -79,7 +80,7 @@ class EngineConfig:
   trainable_config: Any = None
   logit_scale: float | str = 100.0
   remat: bool = False
-  skip_clean_pass_in_stage2: bool = True
+  skip_clean_pass_outside_window: bool = True
   num_views: int = NUM_VIEWS
   clean_from_views: bool = False
   loss_scaling: str = "none"
@@ -95,6 +96,11 @@ class EngineConfig:
     if isinstance(self.logit_scale, str) and self.logit_scale != "checkpoint":
       errors.append(f"logit_scale {self.logit_scale!r}: expected a number "
                     "or 'checkpoint'")
+    elif not isinstance(self.logit_scale, str) and not (
+        math.isfinite(self.logit_scale) and self.logit_scale > 0):
+      # A scale <= 0 flattens or reverses every softmax.
+      errors.append(f"logit_scale {self.logit_scale!r}: expected a finite "
+                    "number > 0 (the release: 100), or 'checkpoint'")
     if self.loss_scaling not in LOSS_SCALING:
       errors.append(f"loss_scaling {self.loss_scaling!r}: expected one of "
                     f"{LOSS_SCALING}")

@@ -150,12 +150,10 @@ def make_sampler(config: ConfigDict, dataset: Any, image_size: int) -> Any:
         seed=config.seed, image_size=image_size,
         exclude_small_classes=config.dataset.exclude_small_classes)
   except ValueError as e:
-    hint = ""
-    if "exclude_small_classes" in str(e):
-      hint = (" On the command line: "
-              "--config.dataset.exclude_small_classes=True")
+    # The sampler's message already names the switch (command line and
+    # Python): it is said once.
     raise ConfigError(f"dataset {config.dataset.name!r} cannot give these "
-                      f"episodes: {e}{hint}") from e
+                      f"episodes: {e}") from e
 
 
 def episode_batches(model: Model, sampler: Any, config: ConfigDict,

@@ -27,7 +27,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
@@ -42,70 +41,23 @@ from jaxfsl.method.objective import (
 from jaxfsl.models.model import Model
 from jaxfsl.models.two_towers import TwoTowers
 from jaxfsl.optim import optimizer_from_config
+from jaxfsl.protocols.episodic import loss_scaling
 from jaxfsl.protocols.episodic.batch import EpisodeBatch
 from jaxfsl.protocols.episodic.engine_config import (
-    LOSS_SCALE_GROWTH_STEPS,
     LOSS_SCALE_INIT,
     EngineConfig,
+)
+from jaxfsl.protocols.episodic.episode_state import (
+    EpisodeInputs,
+    EpisodeState,
 )
 from jaxfsl.trainables import Trainable, get_trainable
 
 Array = jax.Array
 
-
-@flax.struct.dataclass
-class EpisodeState:
-  """What one episode carries from step to step.
-
-  Attributes:
-    adapters: the trainable pytree (float32; LoRA: the adapter tree).
-    opt_state: AdamW state over it.
-    prev_relation: float32 [N, M], A_v of the previous step (RA target).
-    loss: float32 [], last total loss.
-    first_nonfinite_step: int32 [], -1 until a loss is NaN/inf.
-    loss_scale: float32 [], the dynamic loss scale (``EngineConfig.
-      loss_scaling == "dynamic"``), else None.
-    finite_steps: int32 [], finite steps since the scale last changed
-      (dynamic loss scaling), else None.
-  """
-
-  adapters: Any
-  opt_state: Any
-  prev_relation: Array
-  loss: Array
-  first_nonfinite_step: Array
-  loss_scale: Array | None = None
-  finite_steps: Array | None = None
-
-
-@flax.struct.dataclass
-class EpisodeInputs:
-  """The fixed, device-side inputs of one episode after ``prepare``.
-
-  Attributes:
-    view_tokens: [N, P, W] patch tokens of the augmented views.
-    view_labels: int32 [N].
-    clean_tokens: [M, P, W] patch tokens of the clean support.
-    clean_labels: int32 [M].
-    query_tokens: [Q, P, W].
-    query_labels: int32 [Q].
-    text_ids: int32 [way, L] class prompts.
-    text_feats: float32 [way, D] L2-normalised prompt features of the
-      pretrained text tower (recomputed per step when it is tuned).
-    image_feats: None, or (when the trainable leaves the vision tower
-      alone) the fixed L2-normalised features (views [N, D], clean [M, D],
-      queries [Q, D]).
-  """
-
-  view_tokens: Array
-  view_labels: Array
-  clean_tokens: Array
-  clean_labels: Array
-  query_tokens: Array
-  query_labels: Array
-  text_ids: Array
-  text_feats: Array
-  image_feats: tuple[Array, Array, Array] | None = None
+# EpisodeInputs and EpisodeState, what ``prepare`` and ``train_step`` return,
+# are importable from here too.
+__all__ = ["EpisodeInputs", "EpisodeProgram", "EpisodeState"]
 
 
 class EpisodeProgram:
@@ -291,7 +243,7 @@ class EpisodeProgram:
         if method.uses_ra:
           # p falls from 1 at the window's first step over int(0.6 T)
           # steps (the release's denominator); no RA at that first step.
-          p = fuse_weight(step - start, cfg.steps, method.stage1_fraction)
+          p = fuse_weight(step - start, cfg.steps, method.window_fraction)
           raw["relation"], relation_matrix = losses.relation_alignment_loss(
               f, g, t, y, inputs.clean_labels, prev_relation, p,
               form=method.relation_form)
@@ -322,26 +274,15 @@ class EpisodeProgram:
     def grads_of(with_extras):
       def run(adapters):
         def loss_fn(a):
-          total, aux = self.loss_terms(a, backbone, batch,
-                                       state.prev_relation, step, rng,
-                                       with_extras)
-          if scale is None:
-            return total, aux
-          # Differentiate scale * loss so that float16 gradients do not
-          # underflow; the reported loss stays unscaled.
-          return total * scale, {**aux, "unscaled": total}
-        (total, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            adapters)
-        if scale is not None:
-          total = aux.pop("unscaled")
-          grads = jax.tree_util.tree_map(lambda g: g / scale, grads)
-        return (total, aux), grads
+          return self.loss_terms(a, backbone, batch, state.prev_relation,
+                                 step, rng, with_extras)
+        return loss_scaling.value_and_unscaled_grad(loss_fn, adapters, scale)
       return run
 
     start, end = self.config.window
     if self.config.method.variant == "none" or start == end:
       (total, aux), grads = grads_of(False)(state.adapters)
-    elif self.config.skip_clean_pass_in_stage2:
+    elif self.config.skip_clean_pass_outside_window:
       in_window = (step >= start) & (step < end)
       (total, aux), grads = jax.lax.cond(in_window, grads_of(True),
                                          grads_of(False), state.adapters)
@@ -352,9 +293,10 @@ class EpisodeProgram:
     adapters = optax.apply_updates(state.adapters, updates)
     loss_scale, finite_steps = state.loss_scale, state.finite_steps
     if scale is not None:
-      adapters, opt_state, loss_scale, finite_steps = _dynamic_scale_update(
-          grads, (adapters, opt_state), (state.adapters, state.opt_state),
-          scale, finite_steps)
+      adapters, opt_state, loss_scale, finite_steps = (
+          loss_scaling.dynamic_scale_update(
+              grads, (adapters, opt_state),
+              (state.adapters, state.opt_state), scale, finite_steps))
     finite = jnp.isfinite(total)
     first_bad = jnp.where(
         (state.first_nonfinite_step < 0) & ~finite, step,
@@ -475,27 +417,3 @@ class EpisodeProgram:
         "first_nonfinite_step": state.first_nonfinite_step,
         "adapters": state.adapters,
     }
-
-
-def _dynamic_scale_update(grads: Any, updated: Any, previous: Any,
-                          scale: Array, finite_steps: Array
-                          ) -> tuple[Any, Any, Array, Array]:
-  """torch.amp.GradScaler's rule: keep the update when every gradient is
-  finite (doubling the scale after ``LOSS_SCALE_GROWTH_STEPS`` such steps
-  in a row), else keep the previous adapters and optimiser state (the step
-  is skipped, as GradScaler skips ``optimizer.step()``) and halve the scale
-  (never below 1).
-
-  Returns:
-    (adapters, opt_state, new scale float32 [], finite steps int32 []).
-  """
-  finite = jnp.all(jnp.asarray(
-      [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
-  adapters, opt_state = jax.tree_util.tree_map(
-      lambda new, old: jnp.where(finite, new, old), updated, previous)
-  grown = finite_steps + 1 >= LOSS_SCALE_GROWTH_STEPS
-  new_scale = jnp.where(finite, jnp.where(grown, scale * 2.0, scale),
-                        jnp.maximum(scale * 0.5, 1.0))
-  new_count = jnp.where(finite & ~grown, finite_steps + 1, 0)
-  return (adapters, opt_state, new_scale.astype(jnp.float32),
-          new_count.astype(jnp.int32))

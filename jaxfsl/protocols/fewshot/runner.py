@@ -19,7 +19,6 @@ What a job writes in WORKDIR:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -28,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -36,7 +34,16 @@ from jaxfsl.data.fewshot import builders, fake, layouts, pipeline
 from jaxfsl.data.fewshot import split as fsplit
 from jaxfsl.io import reports
 from jaxfsl.io.aggregate import format_duration
-from jaxfsl.models.model import Model
+from jaxfsl.io.markdown import markdown_table
+from jaxfsl.protocols.episodic.config import (
+  RENAMED_KEYS,
+  flatten,
+  renamed_key_message,
+)
+from jaxfsl.protocols.episodic.inputs import (  # The shared keys' readers.
+  data_dir,
+  load_model,
+)
 from jaxfsl.protocols.fewshot.trainer import FewshotTrainer, TrainerConfig
 from jaxfsl.trainables.lora import LoraConfig
 
@@ -77,6 +84,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not ok:
       bad.append(f"{key}={value!r} (expected {expected})")
 
+  bad += [renamed_key_message(k) for k in flatten(c) if k in RENAMED_KEYS]
   need(c.protocol == "fewshot", "protocol", c.protocol, "'fewshot'")
   need(c.dataset.name in layouts.SPECS, "dataset.name", c.dataset.name,
        f"one of {list(layouts.NAMES)}")
@@ -89,8 +97,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(c.method.timing == "begin", "method.timing", c.method.timing,
        "'begin' (the few-shot protocol has no 'last' window)")
   need(c.trainable == "lora", "trainable", c.trainable, "'lora'")
-  need(0 < c.method.stage1_fraction <= 1, "method.stage1_fraction",
-       c.method.stage1_fraction, "in (0, 1]")
+  need(0 < c.method.window_fraction <= 1, "method.window_fraction",
+       c.method.window_fraction, "in (0, 1]")
   need(c.optim.lr > 0 and 0 < c.optim.min_lr <= c.optim.lr, "optim.min_lr",
        c.optim.min_lr, f"in (0, optim.lr={c.optim.lr}]")
   for key in ("iters_per_shot", "batch_size", "eval_batch_size",
@@ -122,44 +130,9 @@ def trainer_config(config: ml_collections.ConfigDict) -> TrainerConfig:
       variant=config.method.variant,
       anti_visual_weight=config.method.anti_visual_weight,
       relation_weight=config.method.relation_weight,
-      stage1_fraction=config.method.stage1_fraction,
+      window_fraction=config.method.window_fraction,
       relation_form=config.method.relation_form, lora=lora,
       text_chunk=config.fewshot.text_chunk, remat=config.remat)
-
-
-def load_model(config: ml_collections.ConfigDict) -> Model:
-  """A checkpoint (``model.checkpoint``) or a random-init preset
-  (``model.init``, with ``model.image_size`` / ``vision_depth``)."""
-  from jaxfsl import models
-
-  m = config.model
-  dtype = jnp.dtype(config.compute_dtype)
-  if m.init:
-    arch = models.PRESETS[m.init]
-    vision = arch.vision
-    if m.image_size:
-      vision = dataclasses.replace(vision, image_size=m.image_size)
-    if m.vision_depth:
-      vision = dataclasses.replace(vision, depth=m.vision_depth)
-    return models.build(dataclasses.replace(arch, vision=vision),
-                        seed=m.init_seed, dtype=dtype)
-  import jaxfsl
-
-  path = Path(m.checkpoint).expanduser()
-  if not path.exists():
-    raise FileNotFoundError(f"model.checkpoint {m.checkpoint!r} does not "
-                            f"exist ({path}).")
-  return jaxfsl.load_model(str(path), tokenizer=m.tokenizer or None,
-                           dtype=dtype)
-
-
-def data_dir(config: ml_collections.ConfigDict, workdir: Path) -> Path:
-  from jaxfsl.data import default_data_dir
-
-  if not config.dataset.data_dir:
-    return default_data_dir()
-  return Path(config.dataset.data_dir.format(workdir=str(workdir))
-              ).expanduser()
 
 
 def open_dataset(config: ml_collections.ConfigDict, workdir: Path
@@ -219,16 +192,6 @@ class _Checkpoints:
     self.manager.close()
 
 
-def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
 def check_resumable(config: ml_collections.ConfigDict, workdir: Path
                     ) -> None:
   """Records the config in WORKDIR/fewshot_config.json, or, when a previous
@@ -238,9 +201,11 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: Path
     ValueError: naming every changed key, old and new value.
   """
   path = workdir / "fewshot_config.json"
-  new = _flat(json.loads(config.to_json()))
+  new = flatten(json.loads(config.to_json()))
   if path.is_file() and (workdir / "checkpoints").is_dir():
-    old = _flat(json.loads(path.read_text()))
+    old = flatten(json.loads(path.read_text()))
+    # A run saved before a key was renamed resumes under the new name.
+    old = {RENAMED_KEYS.get(k, k): v for k, v in old.items()}
     changed = sorted(k for k in set(old) | set(new)
                      if k not in _FREE_KEYS and old.get(k) != new.get(k))
     if changed:
@@ -270,12 +235,11 @@ def _summary_md(results: Mapping[str, Any]) -> str:
       f"iterations of batch {r['batch_size']} on {r['num_devices']} "
       "device(s).",
       "",
-      "| | top-1 (%) |",
-      "|---|---|",
-      f"| fine-tuned | {100 * r['test_accuracy']:.2f} |",
   ]
+  rows = [("fine-tuned", f"{100 * r['test_accuracy']:.2f}")]
   if r.get("zero_shot_accuracy") is not None:
-    lines.append(f"| zero-shot | {100 * r['zero_shot_accuracy']:.2f} |")
+    rows.append(("zero-shot", f"{100 * r['zero_shot_accuracy']:.2f}"))
+  lines.append(markdown_table(["", "top-1 (%)"], rows))
   lines += ["", f"{r['num_test']} test images, {r['num_classes']} classes, "
             f"{r['num_train_items']} K-shot train items. Training "
             f"{format_duration(r['train_seconds'])} "

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxfsl.data.fewshot.layouts import NAMES
+from jaxfsl.io.markdown import markdown_table
 
 
 def find_results(root: os.PathLike[str] | str) -> list[dict[str, Any]]:
@@ -58,9 +59,7 @@ def fewshot_table(results: Iterable[Mapping[str, Any]],
     shots = sorted({k for row in table.values() for k in row})
     datasets = [d for d in NAMES if d in table] + sorted(
         d for d in table if d not in NAMES)
-    lines = [f"### {model}, variant {variant}", "",
-             "| dataset | " + " | ".join(f"{k}-shot" for k in shots) + " |",
-             "|---|" + "---|" * len(shots)]
+    rows = []
     column_means: dict[int, list[float]] = defaultdict(list)
     for d in datasets:
       cells = []
@@ -78,10 +77,11 @@ def fewshot_table(results: Iterable[Mapping[str, Any]],
         if ref is not None:
           text += f" ({ref:.1f})"
         cells.append(text)
-      lines.append(f"| {d} | " + " | ".join(cells) + " |")
+      rows.append([d, *cells])
     if len(datasets) > 1:
       avg = [f"{sum(v) / len(v):.2f}" if len(v) == len(datasets) else ""
              for v in (column_means[k] for k in shots)]
-      lines.append("| Average | " + " | ".join(avg) + " |")
-    blocks.append("\n".join(lines))
+      rows.append(["Average", *avg])
+    blocks.append(f"### {model}, variant {variant}\n\n" + markdown_table(
+        ["dataset", *(f"{k}-shot" for k in shots)], rows))
   return "\n\n".join(blocks) + "\n"

@@ -9,7 +9,7 @@ alpha=1 (scaling alpha/sqrt(r)), dropout 0.25 on q, k, v of every block of
 both towers.
 
 The method's terms in minibatch form (docs/fewshot.md), active during the
-first ``stage1_fraction`` of the T iterations:
+first ``window_fraction`` of the T iterations:
 
 * SVL: ``L_ad = CE(s f w'^T, y)`` with one slot per class of the dataset,
   slot c = the feature of a row of the minibatch drawn uniformly with
@@ -65,7 +65,7 @@ class TrainerConfig:
     logit_scale: fixed multiplier of cosine logits (CLIP-LoRA: 100).
     variant: none | svl | ra | svl_ra.
     anti_visual_weight, relation_weight: weights of L_ad and L_ra.
-    stage1_fraction: the extra terms act for floor(fraction * T) iterations.
+    window_fraction: the extra terms act for floor(fraction * T) iterations.
     relation_form: "release" or "softmax_kl" (``losses``).
     lora: adapters (default CLIP-LoRA's r=2, alpha=1, q/k/v, both towers).
     text_chunk: prompts encoded per chunk (rematerialised in the backward
@@ -85,7 +85,7 @@ class TrainerConfig:
   variant: str = "none"
   anti_visual_weight: float = 0.1
   relation_weight: float = 3.0
-  stage1_fraction: float = 0.6
+  window_fraction: float = 0.6
   relation_form: str = "release"
   lora: LoraConfig = CLIP_LORA_LORA
   text_chunk: int = 128
@@ -99,9 +99,9 @@ class TrainerConfig:
       if getattr(self, key) < 1:
         raise ValueError(f"fewshot {key} must be >= 1, got "
                          f"{getattr(self, key)}")
-    if not 0.0 < self.stage1_fraction <= 1.0:
-      raise ValueError("stage1_fraction must be in (0, 1], got "
-                       f"{self.stage1_fraction}")
+    if not 0.0 < self.window_fraction <= 1.0:
+      raise ValueError("window_fraction must be in (0, 1], got "
+                       f"{self.window_fraction}")
 
   @property
   def uses_svl(self) -> bool:
@@ -114,9 +114,9 @@ class TrainerConfig:
   @property
   def window_end(self) -> int:
     """Iterations k < window_end carry the variant's extra terms:
-    int(stage1_fraction * T), the fuse weight's denominator (the minibatch
+    int(window_fraction * T), the fuse weight's denominator (the minibatch
     form's window, docs/fewshot.md)."""
-    return objective.fuse_denominator(self.steps, self.stage1_fraction)
+    return objective.fuse_denominator(self.steps, self.window_fraction)
 
 
 class TrainState(train_state.TrainState):
@@ -279,7 +279,7 @@ class FewshotTrainer:
       a_v = jax.lax.stop_gradient(
           jnp.einsum("pd,qd->pq", f, g,
                      precision=jax.lax.Precision.HIGHEST).astype(jnp.float32))
-      p = objective.fuse_weight(step, cfg.steps, cfg.stage1_fraction)
+      p = objective.fuse_weight(step, cfg.steps, cfg.window_fraction)
       parts["relation"], _ = losses.relation_alignment_loss(
           f, g, t, y, y, a_v, p, form=cfg.relation_form)
       total = total + cfg.relation_weight * parts["relation"]
