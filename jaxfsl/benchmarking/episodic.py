@@ -75,7 +75,7 @@ def default_engine_config(shot: int, variant: str | None = None,
       trainable_config=(None if trainable == "lora"
                         else c.get(trainable)),
       logit_scale=float(c.logit_scale), remat=c.remat,
-      skip_clean_pass_in_stage2=c.skip_clean_pass_in_stage2)
+      skip_clean_pass_outside_window=c.skip_clean_pass_outside_window)
   fields.update(options)
   return EngineConfig(**fields)
 
