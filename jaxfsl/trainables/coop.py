@@ -151,12 +151,7 @@ class CoopTrainable(PromptLearner):
 
   @property
   def layout(self) -> PromptLayout:
-    t = self._bound()
-    return PromptLayout(n_ctx=t.n_ctx, start=t.start,
-                        position=self.config.class_token_position,
-                        eos_id=t.eos_id, n_suffix=t.n_suffix,
-                        collection=self.collection, prefix_ids=t.prefix_ids,
-                        template_prefix_len=t.template_prefix_len)
+    return self._layout(position=self.config.class_token_position)
 
   def init(self, rng: jax.Array, backbone_params: dict,
            model_config: ModelConfig) -> dict:

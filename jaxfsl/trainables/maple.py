@@ -147,12 +147,8 @@ class MapleTrainable(PromptLearner):
 
   @property
   def layout(self) -> PromptLayout:
-    t = self._bound()
-    return PromptLayout(n_ctx=t.n_ctx, start=t.start, position="end",
-                        eos_id=t.eos_id, n_suffix=t.n_suffix,
-                        depth=self.config.depth, vision=True,
-                        collection=self.collection, prefix_ids=t.prefix_ids,
-                        template_prefix_len=t.template_prefix_len)
+    return self._layout(position="end", depth=self.config.depth,
+                        vision=True)
 
   def init(self, rng: jax.Array, backbone_params: dict,
            model_config: ModelConfig) -> dict:

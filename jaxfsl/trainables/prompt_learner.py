@@ -255,7 +255,16 @@ class PromptLearner(Trainable):
 
   @property
   def layout(self) -> PromptLayout:
+    """Where the towers put the prompts (``jaxfsl.models.prompting``)."""
     raise NotImplementedError
+
+  def _layout(self, **fields: Any) -> PromptLayout:
+    # The tokenizer's facts, common to both learners, plus their own fields.
+    t = self._bound()
+    return PromptLayout(n_ctx=t.n_ctx, start=t.start, eos_id=t.eos_id,
+                        n_suffix=t.n_suffix, collection=self.collection,
+                        prefix_ids=t.prefix_ids,
+                        template_prefix_len=t.template_prefix_len, **fields)
 
   @property
   def prompt_template(self) -> str:
