@@ -93,7 +93,10 @@ def test_prompt_job_trains(jobs, name, variant):
   if variant == "svl_ra":
     # RA reaches both learners (CoOp through the text relation A_t); SVL
     # only MaPLe, whose vision prompts move the image features.
-    assert all(v > 0 for v in results["loss_means"]["relation"][:3])
+    # (The release's KL on raw cosines may be negative.) The terms act in
+    # the first 0.6 T only.
+    relation = results["loss_means"]["relation"]
+    assert all(v != 0 for v in relation[:3]) and relation[3:] == [0.0, 0.0]
     svl = results["loss_means"]["anti_visual"][:3]
     if name == "coop":
       assert svl == [0.0, 0.0, 0.0] and skipped in log
@@ -104,7 +107,12 @@ def test_prompt_job_trains(jobs, name, variant):
     assert skipped not in log
 
 
-@pytest.mark.parametrize("name,variant", CASES)
+# Each job compiles its own programs (tens of seconds on a small CPU): the
+# batch-size and kill checks each cover both learners and both variants
+# once between them (tests/test_prompt_engine.py checks batch 1 vs 4 in the
+# engine for all four).
+@pytest.mark.parametrize("name,variant", [("coop", "none"),
+                                          ("maple", "svl_ra")])
 def test_prompt_job_episodes_per_batch_does_not_change_results(
     jobs, name, variant, tmp_path):
   ref = jobs(name, variant)
@@ -121,13 +129,13 @@ def _state_step_appeared(work, step):
       p.name.split(".")[0] == str(step) for p in folder.iterdir())
 
 
-@pytest.mark.parametrize("name,when", [("coop", "progress_line"),
-                                       ("maple", "state_folder")])
-def test_prompt_job_killed_resumes_to_identical_results(jobs, name, when,
-                                                        tmp_path):
-  ref = jobs(name, "svl_ra")
+@pytest.mark.parametrize("name,variant,when", [
+    ("coop", "svl_ra", "progress_line"), ("maple", "none", "state_folder")])
+def test_prompt_job_killed_resumes_to_identical_results(jobs, name, variant,
+                                                        when, tmp_path):
+  ref = jobs(name, variant)
   work = tmp_path / "killed"
-  extra = flags(name, "svl_ra")
+  extra = flags(name, variant)
   if when == "state_folder":
     trigger = dict(ready=lambda: _state_step_appeared(work, tr.PER_BATCH))
   else:
@@ -142,7 +150,7 @@ def test_prompt_job_killed_resumes_to_identical_results(jobs, name, when,
                     data_dir=jobs.data)
   if done:
     assert f"Resuming: {done} episode(s) already done" in proc.stderr
-  tr.assert_same_as_reference(work, ref, [(name, when, done)])
+  tr.assert_same_as_reference(work, ref, [(name, variant, when, done)])
 
 
 def test_maple_deeper_than_the_model_is_one_error_line(tmp_path):
