@@ -54,20 +54,28 @@ def test_release_schedule_closed_form():
   np.testing.assert_allclose(jitted, float(sched(125)), rtol=1e-7)
 
 
-def run_torch(params0, grads_fn, total_steps, kw):
-  ps = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params0]
-  opt = torch.optim.AdamW(ps, lr=kw["base_lr"], betas=kw["betas"],
-                          eps=kw["eps"], weight_decay=kw["weight_decay"])
-  sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-      opt, T_max=kw["period_factor"] * total_steps, eta_min=kw["min_lr"])
+def torch_steps(ps, opt, sched, grads_fn):
+  """STEPS torch steps (scheduler after optimizer); returns (params, the
+  LR of each step)."""
+  lrs = []
   for k in range(STEPS):
+    lrs.append(opt.param_groups[0]["lr"])
     opt.zero_grad()
     grads = grads_fn(k, [p.detach().numpy() for p in ps])
     for p, g in zip(ps, grads, strict=True):
       p.grad = torch.from_numpy(np.asarray(g, np.float32).copy())
     opt.step()
     sched.step()
-  return [p.detach().numpy().copy() for p in ps]
+  return [p.detach().numpy().copy() for p in ps], np.array(lrs)
+
+
+def run_torch(params0, grads_fn, total_steps, kw):
+  ps = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params0]
+  opt = torch.optim.AdamW(ps, lr=kw["base_lr"], betas=kw["betas"],
+                          eps=kw["eps"], weight_decay=kw["weight_decay"])
+  sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+      opt, T_max=kw["period_factor"] * total_steps, eta_min=kw["min_lr"])
+  return torch_steps(ps, opt, sched, grads_fn)[0]
 
 
 def run_optax(params0, grads_fn, total_steps, kw):
@@ -180,16 +188,7 @@ def torch_sgd(params0, grads_fn, total_steps, kw):
                                    * total_steps, eta_min=kw["min_lr"])
   seq = sched.SequentialLR(opt, [warm, cosine],
                            milestones=[kw["warmup_steps"]])
-  lrs = []
-  for k in range(STEPS):
-    lrs.append(opt.param_groups[0]["lr"])
-    opt.zero_grad()
-    grads = grads_fn(k, [p.detach().numpy() for p in ps])
-    for p, g in zip(ps, grads, strict=True):
-      p.grad = torch.from_numpy(np.asarray(g, np.float32).copy())
-    opt.step()
-    seq.step()
-  return [p.detach().numpy().copy() for p in ps], np.array(lrs)
+  return torch_steps(ps, opt, seq, grads_fn)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
