@@ -142,3 +142,18 @@ def test_maple_depth_beyond_the_model_names_key_value_and_depth(model):
   assert str(e.value) == (
       "maple.depth=9 exceeds the model's blocks (text tower 2, vision tower "
       "1); expected maple.depth <= 1")
+
+
+def test_prompt_learner_on_a_tower_without_hooks_is_a_config_error():
+  # PE-Core's ViT is the family's own module: refused by validate, before
+  # the job builds or writes anything.
+  from jaxfsl.protocols.episodic import config as config_lib
+
+  job = config_lib.load_config("episodic/demo.py")
+  job.model.init = "pe-core-tiny"
+  job.trainable = "maple"
+  job.maple.depth = 2
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(job)
+  assert str(e.value).startswith("maple: the vision tower(s) of this "
+                                 "pe_core model are the family's own")

@@ -40,7 +40,7 @@ from jaxfsl.trainables.base import TrainableConfigError, register
 # Re-exported: their home is jaxfsl.trainables.prompt_learner.
 from jaxfsl.trainables.prompt_learner import (  # noqa: F401 isort:skip
     DEFAULT_TEMPLATE, PromptLearner, PromptText, check_prompt_towers,
-    config_from_block)
+    config_from_block, prompt_tower_problems)
 
 # The original's optimiser (Dassl's defaults + configs/trainers/CoOp/vit_b16*:
 # SGD lr 0.002, momentum 0.9, weight decay 5e-4, cosine, 1 warmup epoch at a
@@ -139,7 +139,7 @@ class CoopTrainable(PromptLearner):
         contexts without ``num_classes``; a text tower without prompt hooks.
     """
     c = self.config
-    check_prompt_towers(model.config, ("text",), "coop")
+    self.check_model(model.config)
     text = PromptText.resolve(model.tokenizer, c.n_ctx, c.ctx_init,
                               phrase_sets_n_ctx=True, key="coop",
                               template=template)

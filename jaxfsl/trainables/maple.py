@@ -31,13 +31,12 @@ import jax.numpy as jnp
 
 from jaxfsl.models.config import ModelConfig
 from jaxfsl.models.prompting import PromptLayout
-from jaxfsl.trainables.base import TrainableConfigError, register
+from jaxfsl.trainables.base import register
 from jaxfsl.trainables.coop import ORIGINAL_OPTIM as COOP_OPTIM
 from jaxfsl.trainables.prompt_learner import (
     DEFAULT_TEMPLATE,
     PromptLearner,
     PromptText,
-    check_prompt_towers,
 )
 
 # The original's optimiser (configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx:
@@ -114,16 +113,18 @@ class MapleTrainable(PromptLearner):
     return dict(ORIGINAL_OPTIM)
 
   def model_problems(self, model_config: Any) -> list[str]:
-    """``maple.depth`` deeper than a tower's blocks (prompts are replaced
-    at layers 1..depth-1 of both towers)."""
+    """Towers without prompt hooks, and ``maple.depth`` deeper than a
+    tower's blocks (prompts are replaced at layers 1..depth-1 of both
+    towers)."""
+    problems = super().model_problems(model_config)
     depths = {"text": model_config.text.depth,
               "vision": model_config.vision.depth}
     if self.config.depth <= min(depths.values()):
-      return []
-    return [f"maple.depth={self.config.depth} exceeds the model's blocks "
-            f"(text tower {depths['text']}, vision tower "
-            f"{depths['vision']}); expected maple.depth <= "
-            f"{min(depths.values())}"]
+      return problems
+    return problems + [
+        f"maple.depth={self.config.depth} exceeds the model's blocks (text "
+        f"tower {depths['text']}, vision tower {depths['vision']}); "
+        f"expected maple.depth <= {min(depths.values())}"]
 
   def bind(self, model: Any, num_classes: int | None = None,
            template: str = DEFAULT_TEMPLATE) -> MapleTrainable:
@@ -136,10 +137,7 @@ class MapleTrainable(PromptLearner):
     """
     del num_classes  # MaPLe's prompts are shared by all classes.
     c = self.config
-    check_prompt_towers(model.config, ("text", "vision"), "maple")
-    problems = self.model_problems(model.config)
-    if problems:
-      raise TrainableConfigError("; ".join(problems))
+    self.check_model(model.config)
     text = PromptText.resolve(model.tokenizer, c.n_ctx, c.ctx_init,
                               phrase_sets_n_ctx=False, key="maple",
                               template=template)

@@ -50,18 +50,26 @@ def config_from_block(cls: type, block: Any, key: str) -> Any:
   return cls(**dict(block))
 
 
-def check_prompt_towers(model_config: Any, towers: Sequence[str],
-                        key: str) -> None:
-  """Raises TrainableConfigError when a tower is a family's own module (its
-  config class names one as ``TOWER``): only the shared ``TextTower`` /
+def prompt_tower_problems(model_config: Any, towers: Sequence[str],
+                          key: str) -> list[str]:
+  """The towers that are a family's own module (its config class names one
+  as ``TOWER``), as one message: only the shared ``TextTower`` /
   ``VisionTower`` take prompt hooks."""
   bad = [t for t in towers
          if getattr(type(getattr(model_config, t)), "TOWER", None)]
-  if bad:
-    raise TrainableConfigError(
-        f"{key}: the {' and '.join(bad)} tower(s) of this "
-        f"{getattr(model_config, 'family', '?')} model are the family's own "
-        "modules, which take no prompt hooks (jaxfsl.models.prompting)")
+  if not bad:
+    return []
+  return [f"{key}: the {' and '.join(bad)} tower(s) of this "
+          f"{getattr(model_config, 'family', '?')} model are the family's "
+          "own modules, which take no prompt hooks (jaxfsl.models.prompting)"]
+
+
+def check_prompt_towers(model_config: Any, towers: Sequence[str],
+                        key: str) -> None:
+  """Raises TrainableConfigError with ``prompt_tower_problems``."""
+  problems = prompt_tower_problems(model_config, towers, key)
+  if problems:
+    raise TrainableConfigError(problems[0])
 
 
 def _content(row: np.ndarray, start: int, eos_id: int) -> list[int]:
@@ -246,6 +254,17 @@ class PromptLearner(Trainable):
     """From the settings dataclass, a mapping / ConfigDict (``config.coop``,
     ``config.maple``) or None (defaults)."""
     return cls(config_from_block(cls.config_class, block, cls.name))
+
+  def model_problems(self, model_config: Any) -> list[str]:
+    """Towers without prompt hooks (subclasses add their own checks)."""
+    return prompt_tower_problems(model_config, sorted(self.towers),
+                                 self.name)
+
+  def check_model(self, model_config: Any) -> None:
+    """Raises TrainableConfigError listing ``model_problems``."""
+    problems = self.model_problems(model_config)
+    if problems:
+      raise TrainableConfigError("; ".join(problems))
 
   def _bound(self) -> PromptText:
     if self.prompt_text is None:
