@@ -96,9 +96,10 @@ def test_release_defaults():
   assert c.lora.to_dict() == dict(rank=16, alpha=8.0, dropout=0.25,
                                   targets=("q", "k", "v"), towers="vision",
                                   blocks="all")
-  assert c.optim.to_dict() == dict(lr=2e-4, b1=0.9, b2=0.999, eps=1e-8,
-                                   weight_decay=1e-2, min_lr=1e-6,
-                                   period_factor=8.0)
+  assert c.optim.to_dict() == dict(name="adamw", lr=2e-4, b1=0.9, b2=0.999,
+                                   eps=1e-8, weight_decay=1e-2, min_lr=1e-6,
+                                   period_factor=8.0, momentum=0.9,
+                                   warmup_steps=0, warmup_lr=1e-5)
   assert c.logit_scale == 100.0 and c.prompt == "a photo of a {}."
 
 

@@ -65,12 +65,14 @@ def step_identity(work, name, step):
 
 
 def run_and_signal(work, *, line=None, ready=None, sig=signal.SIGKILL,
-                   then=None, cache, data, timeout=400):
-  """Runs the tiny job; sends ``sig`` as soon as a stderr line contains
-  ``line`` or ``ready()`` is true, and then, with ``then=(line2, sig2)``,
-  ``sig2`` once a later line contains ``line2``. Returns (return code,
-  stderr, whether the first signal was sent)."""
-  args, env = tm.job_command(work, *tm.REFERENCE, cache=cache, data_dir=data)
+                   then=None, cache, data, timeout=400, flags=()):
+  """Runs the tiny job (the reference's flags, then ``flags``); sends
+  ``sig`` as soon as a stderr line contains ``line`` or ``ready()`` is true,
+  and then, with ``then=(line2, sig2)``, ``sig2`` once a later line contains
+  ``line2``. Returns (return code, stderr, whether the first signal was
+  sent)."""
+  args, env = tm.job_command(work, *tm.REFERENCE, *flags, cache=cache,
+                             data_dir=data)
   proc = subprocess.Popen(args, stderr=subprocess.PIPE,
                           stdout=subprocess.DEVNULL, text=True, cwd=tm.REPO,
                           env=env)

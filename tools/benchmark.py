@@ -94,6 +94,11 @@ def parse(argv=None) -> tuple[benchmarking.BenchmarkConfig |
                  "none = CLIP-LoRA for fewshot)")
   p.add_argument("--trainable", choices=available_trainables(),
                  default="lora", help="what is fine-tuned (config.trainable)")
+  p.add_argument("--trainable_option", action="append", default=[],
+                 metavar="KEY=VALUE",
+                 help="a key of the trainable's config block (configs/"
+                 "base.py coop.* / maple.* / lora.*), e.g. depth=2 for maple "
+                 "on tiny-clip; repeatable")
   p.add_argument("--against", choices=("torch",), default=None,
                  help="also time the PyTorch reference step (needs torch "
                  "and transformers)")
@@ -161,6 +166,14 @@ def parse(argv=None) -> tuple[benchmarking.BenchmarkConfig |
   for item in args.option:
     name, _, value = item.partition("=")
     options[name] = _literal(value)
+  if args.trainable_option:
+    from jaxfsl.configs.base import get_config
+
+    block = get_config()[args.trainable].to_dict()
+    for item in args.trainable_option:
+      name, _, value = item.partition("=")
+      block[name] = _literal(value)
+    options["trainable_config"] = block
   config = benchmarking.BenchmarkConfig(
       model=args.model, shot=args.shot,
       episodes_per_batch=args.episodes_per_batch, steps=args.steps,

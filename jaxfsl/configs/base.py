@@ -125,15 +125,29 @@ def get_config(arg=None):
   config.maple.depth = 9  # Layers (from the first) with learned prompts.
   config.maple.init_std = 0.02  # Std of the random prompts.
 
-  # AdamW on the adapters, cosine-annealed (jaxfsl.optim.OptimConfig).
+  # The optimiser of the trainable, cosine-annealed per step
+  # (jaxfsl.optim.OptimConfig): the release's AdamW by default.
   config.optim = ml_collections.ConfigDict()
+  # adamw (the release) | sgd (torch's SGD: momentum, weight decay added to
+  # the gradient) | trainable: the trainable's own optimiser, replacing the
+  # other optim.* keys; for coop and maple their originals' SGD (lr 2e-3
+  # CoOp, 3.5e-3 MaPLe; momentum 0.9, weight_decay 5e-4, min_lr 0,
+  # period_factor 1, warmup one epoch = shot steps at 1e-5), for lora AdamW.
+  config.optim.name = "adamw"
   config.optim.lr = 2e-4  # Initial learning rate.
   config.optim.b1 = 0.9  # Adam beta1.
   config.optim.b2 = 0.999  # Adam beta2.
   config.optim.eps = 1e-8  # Adam epsilon.
-  config.optim.weight_decay = 1e-2  # Decoupled weight decay.
+  # Weight decay: AdamW decoupled (times the LR); SGD on the gradient.
+  config.optim.weight_decay = 1e-2
   config.optim.min_lr = 1e-6  # Cosine floor ...
   config.optim.period_factor = 8.0  # ... over a half-period of 8 T.
+  config.optim.momentum = 0.9  # SGD only (no dampening, no Nesterov).
+  # Steps at the constant warmup_lr before the cosine starts (counted from
+  # the warmup's end): 0 none (the release); -1 one epoch of T = epochs *
+  # shot, i.e. shot steps (CoOp/MaPLe warm up for 1 epoch).
+  config.optim.warmup_steps = 0
+  config.optim.warmup_lr = 1e-5  # The LR during the warmup.
 
   # Multiplier of the cosine logits in every loss and in evaluation.
   config.logit_scale = 100.0

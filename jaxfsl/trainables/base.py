@@ -25,9 +25,14 @@ An implementation says:
   (LoRA: ``lora_scaling``, ``lora_dropout``).
 * ``stochastic``: whether train-mode forward passes draw random numbers
   (dropout) and so need a "dropout" rng.
-* ``optim_overrides()`` (optional): ``OptimConfig`` fields this trainable
-  prefers over the release's AdamW settings (the config still decides;
-  the job runner may apply them).
+* ``optim_overrides()`` (optional): ``OptimConfig`` fields of this
+  trainable's own optimiser (CoOp / MaPLe: their originals' SGD), used when
+  the job sets ``optim.name = "trainable"`` (``jaxfsl.optim``).
+* ``model_problems(model_config)`` (optional): what in its settings does not
+  fit a model (MaPLe: a prompt depth beyond a tower's blocks), each message
+  naming the key, its value and the model's limit. The job checks it before
+  anything is written when the model's config is known without loading it
+  (random-init presets); ``bind`` raises ``TrainableConfigError`` with it.
 
 Adding one (e.g. CoOp's text-side context vectors, ``towers={"text"}``, or
 MaPLe's deep prompts in both towers, ``towers={"vision", "text"}``): a file
@@ -56,6 +61,11 @@ _BUILTIN_MODULES = {
     "maple": "jaxfsl.trainables.maple",
 }
 _REGISTRY: dict[str, Callable[[Any], Trainable]] = {}
+
+
+class TrainableConfigError(ValueError):
+  """A trainable's settings do not fit the model (or its tokenizer); the
+  message names the config key, its value and what was expected."""
 
 
 class Trainable(abc.ABC):
@@ -91,8 +101,17 @@ class Trainable(abc.ABC):
     return False
 
   def optim_overrides(self) -> dict[str, Any]:
-    """``OptimConfig`` fields this trainable prefers (default: none)."""
+    """``OptimConfig`` fields of this trainable's own optimiser, applied
+    with ``optim.name = "trainable"`` (default: none, the release's
+    AdamW)."""
     return {}
+
+  def model_problems(self, model_config: Any) -> list[str]:
+    """Every way these settings do not fit ``model_config`` (a
+    ``ModelConfig``), one message each naming key, value and limit
+    (default: none)."""
+    del model_config
+    return []
 
   @property
   def tunes_vision(self) -> bool:

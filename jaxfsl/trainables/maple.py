@@ -24,29 +24,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxfsl.models.config import ModelConfig
-from jaxfsl.models.prompting import PROMPT_COLLECTION, PromptLayout
-from jaxfsl.trainables.base import Trainable, register
-from jaxfsl.trainables.coop import (
+from jaxfsl.models.prompting import PromptLayout
+from jaxfsl.trainables.base import register
+from jaxfsl.trainables.coop import ORIGINAL_OPTIM as COOP_OPTIM
+from jaxfsl.trainables.prompt_learner import (
     DEFAULT_TEMPLATE,
+    PromptLearner,
     PromptText,
-    check_prompt_towers,
-    config_from_block,
 )
 
 # The original's optimiser (configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx:
 # SGD lr 0.0035, momentum 0.9, weight decay 5e-4, 5 epochs, batch 4, cosine,
-# 1 warmup epoch at 1e-5). Recorded for reference; episodes use the
-# release's AdamW schedule unless configured otherwise.
-ORIGINAL_OPTIM = dict(optimizer="sgd", lr=3.5e-3, momentum=0.9,
-                      weight_decay=5e-4, warmup_lr=1e-5)
+# 1 warmup epoch at 1e-5): CoOp's Dassl settings with MaPLe's LR, used with
+# ``optim.name = "trainable"``.
+ORIGINAL_OPTIM = dict(COOP_OPTIM, lr=3.5e-3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +90,7 @@ def _linear_init(rng: jax.Array, fan_in: int, fan_out: int
 
 
 @register("maple")
-class MapleTrainable(Trainable):
+class MapleTrainable(PromptLearner):
   """MaPLe's coupled text and vision prompts as a ``Trainable``.
 
   ``bind(model)`` reads the tokenizer and checks the depth against both
@@ -101,22 +98,33 @@ class MapleTrainable(Trainable):
   """
 
   name = "maple"
-  collection = PROMPT_COLLECTION
+  config_class = MapleConfig
 
   def __init__(self, config: MapleConfig | None = None,
                prompt_text: PromptText | None = None):
     self.config = MapleConfig() if config is None else config
     self.prompt_text = prompt_text
 
-  @classmethod
-  def from_config(cls, block: Any) -> MapleTrainable:
-    """From a ``MapleConfig``, a mapping / ConfigDict (``config.maple``) or
-    None (defaults)."""
-    return cls(config_from_block(MapleConfig, block, "maple"))
-
   @property
   def towers(self) -> frozenset[str]:
     return frozenset({"vision", "text"})
+
+  def optim_overrides(self) -> dict[str, Any]:
+    return dict(ORIGINAL_OPTIM)
+
+  def model_problems(self, model_config: Any) -> list[str]:
+    """Towers without prompt hooks, and ``maple.depth`` deeper than a
+    tower's blocks (prompts are replaced at layers 1..depth-1 of both
+    towers)."""
+    problems = super().model_problems(model_config)
+    depths = {"text": model_config.text.depth,
+              "vision": model_config.vision.depth}
+    if self.config.depth <= min(depths.values()):
+      return problems
+    return problems + [
+        f"maple.depth={self.config.depth} exceeds the model's blocks (text "
+        f"tower {depths['text']}, vision tower {depths['vision']}); "
+        f"expected maple.depth <= {min(depths.values())}"]
 
   def bind(self, model: Any, num_classes: int | None = None,
            template: str = DEFAULT_TEMPLATE) -> MapleTrainable:
@@ -124,49 +132,21 @@ class MapleTrainable(Trainable):
     plain prompt template of the engine's token ids (``config.prompt``).
 
     Raises:
-      ValueError: ``maple.depth`` deeper than a tower, a tower without
-        prompt hooks, or see ``PromptText.resolve``.
+      TrainableConfigError: ``maple.depth`` deeper than a tower, a tower
+        without prompt hooks, or see ``PromptText.resolve``.
     """
     del num_classes  # MaPLe's prompts are shared by all classes.
     c = self.config
-    check_prompt_towers(model.config, ("text", "vision"), "maple")
-    depths = {"text": model.config.text.depth,
-              "vision": model.config.vision.depth}
-    bad = {k: d for k, d in depths.items() if c.depth > d}
-    if bad:
-      raise ValueError(
-          f"maple.depth={c.depth} exceeds the model's tower depth(s) {bad}; "
-          f"use maple.depth <= {min(depths.values())}")
+    self.check_model(model.config)
     text = PromptText.resolve(model.tokenizer, c.n_ctx, c.ctx_init,
                               phrase_sets_n_ctx=False, key="maple",
                               template=template)
     return MapleTrainable(c, text)
 
-  def _bound(self) -> PromptText:
-    if self.prompt_text is None:
-      raise RuntimeError("MapleTrainable is not bound to a model's tokenizer; "
-                         "call trainable.bind(model) first")
-    return self.prompt_text
-
   @property
   def layout(self) -> PromptLayout:
-    t = self._bound()
-    return PromptLayout(n_ctx=t.n_ctx, start=t.start, position="end",
-                        eos_id=t.eos_id, n_suffix=t.n_suffix,
-                        depth=self.config.depth, vision=True,
-                        collection=self.collection, prefix_ids=t.prefix_ids,
-                        template_prefix_len=t.template_prefix_len)
-
-  @property
-  def prompt_template(self) -> str:
-    """MaPLe's own class prompt (the init phrase's, "a photo of a {}.")."""
-    return self._bound().template
-
-  def text_ids(self, tokenizer: Any, class_names: Sequence[str]
-               ) -> np.ndarray:
-    """int32 [C, L]: MaPLe's own prompts tokenised and checked (what the
-    text tower's rewrite of the plain prompts equals)."""
-    return self._bound().text_ids(tokenizer, class_names)
+    return self._layout(position="end", depth=self.config.depth,
+                        vision=True)
 
   def init(self, rng: jax.Array, backbone_params: dict,
            model_config: ModelConfig) -> dict:
@@ -175,8 +155,7 @@ class MapleTrainable(Trainable):
     wt, wv = model_config.text.width, model_config.vision.width
     k_ctx, k_deep, k_proj, k_deep_proj = jax.random.split(rng, 4)
     if t.from_phrase:
-      table = backbone_params["txt"]["token_embed"]
-      ctx = jnp.take(table, jnp.asarray(t.init_ids), axis=0)
+      ctx = self.phrase_context(backbone_params)
     else:
       ctx = c.init_std * jax.random.normal(k_ctx, (t.n_ctx, wt))
     tree = {"ctx": ctx.astype(jnp.float32),
@@ -189,6 +168,3 @@ class MapleTrainable(Trainable):
       tree["deep_proj"] = jax.tree.map(
           lambda x: jnp.broadcast_to(x, (deep,) + x.shape), single)
     return tree
-
-  def module_kwargs(self) -> dict[str, Any]:
-    return {"prompt_layout": self.layout}

@@ -153,6 +153,27 @@ _SHAPE_CHECKS = {
 }
 
 
+def preset_model_config(model: ConfigDict) -> Any:
+  """The ``ModelConfig`` of a random-init job (``model.init`` with the
+  ``model.image_size`` / ``model.vision_depth`` overrides, as
+  ``inputs.load_model`` builds it), or None for a checkpoint or values that
+  other checks report."""
+  import dataclasses
+
+  from jaxfsl.models.config import PRESETS  # No JAX: plain dataclasses.
+
+  if not model.init or model.init not in PRESETS:
+    return None
+  arch = PRESETS[model.init]
+  changes = {k: v for k, v in (("image_size", model.image_size),
+                               ("depth", model.vision_depth)) if v > 0}
+  try:
+    return dataclasses.replace(
+        arch, vision=dataclasses.replace(arch.vision, **changes))
+  except (ValueError, TypeError):
+    return None
+
+
 def job_problems(config: ConfigDict) -> list[str]:
   """Every problem of the job-level keys (not the dataclasses' keys)."""
   c = config
@@ -178,9 +199,15 @@ def job_problems(config: ConfigDict) -> list[str]:
     from jaxfsl.trainables import get_trainable
 
     try:  # The block's own dataclass checks its keys and values.
-      get_trainable(c.trainable, c[c.trainable].to_dict())
+      trainable = get_trainable(c.trainable, c[c.trainable].to_dict())
     except (ValueError, TypeError) as e:
       problems.append(str(e))
+    else:
+      # Settings that do not fit the model (MaPLe's depth), reported before
+      # anything is written when the model's config is known unbuilt.
+      preset = preset_model_config(c.model)
+      if preset is not None:
+        problems += trainable.model_problems(preset)
   if c.seeds:
     from jaxfsl.protocols.episodic import seeds  # Imports the runner (JAX).
 
@@ -354,7 +381,7 @@ def engine_config(config: ConfigDict) -> Any:
   try:
     engine = EngineConfig(
         way=c.way, shot=c.shot, query=c.query, steps=total_steps(c),
-        trainable=c.trainable, trainable_config=block,
+        trainable=c.trainable, trainable_config=block, prompt=c.prompt,
         logit_scale=("checkpoint" if c.use_checkpoint_logit_scale
                      else float(c.logit_scale)),
         remat=c.remat,

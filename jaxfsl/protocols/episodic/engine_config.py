@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxfsl import optim as optim_lib
 from jaxfsl.method.objective import (
   MethodConfig,
   active_window,
@@ -31,13 +32,21 @@ class EngineConfig:
     way, shot, query: episode shape.
     steps: T, total optimisation steps (the release: epochs * shot).
     method: loss terms, weights, extra-terms window (``MethodConfig``).
-    optim: AdamW and its schedule (``OptimConfig``).
+    optim: the optimiser and its schedule (``OptimConfig``): the release's
+      AdamW by default. Resolved here (``jaxfsl.optim.resolve``): name
+      "trainable" becomes the trainable's own optimiser
+      (``Trainable.optim_overrides``; CoOp / MaPLe: their originals' SGD)
+      and warmup_steps -1 becomes ``shot`` steps (one epoch of T = epochs *
+      shot).
     lora: LoRA settings, used when ``trainable`` is "lora" and
       ``trainable_config`` is None.
     trainable: what is fine-tuned (``config.trainable``; see
       ``jaxfsl.trainables.available()``).
     trainable_config: the settings block of a non-LoRA trainable (its
       dataclass or a mapping), given to ``get_trainable``.
+    prompt: the class-prompt template ("{}": the class name) of the token
+      ids the episodes carry (``config.prompt``); prompt learners are bound
+      to it (their text tower rewrites those ids into their own prompts).
     logit_scale: multiplier of cosine logits in every loss and in
       evaluation; a float (the release: 100 for every backbone) or
       "checkpoint" to use the model's learned temperature. (A SigLIP bias
@@ -78,6 +87,7 @@ class EngineConfig:
   lora: LoraConfig = LoraConfig()
   trainable: str = "lora"
   trainable_config: Any = None
+  prompt: str = "a photo of a {}."
   logit_scale: float | str = 100.0
   remat: bool = False
   skip_clean_pass_outside_window: bool = True
@@ -104,8 +114,26 @@ class EngineConfig:
     if self.loss_scaling not in LOSS_SCALING:
       errors.append(f"loss_scaling {self.loss_scaling!r}: expected one of "
                     f"{LOSS_SCALING}")
+    if not isinstance(self.prompt, str) or self.prompt.count("{}") != 1:
+      errors.append(f"prompt {self.prompt!r}: expected a template with '{{}}' "
+                    "exactly once (the class name)")
     if errors:
       raise ValueError("; ".join(errors))
+    object.__setattr__(self, "optim", self._resolved_optim())
+
+  def _resolved_optim(self) -> OptimConfig:
+    overrides = {}
+    if self.optim.name == "trainable":
+      from jaxfsl.trainables import get_trainable  # The registry.
+
+      overrides = get_trainable(self.trainable,
+                                self.trainable_block).optim_overrides()
+    optim = optim_lib.resolve(self.optim, overrides, self.shot)
+    if not optim.warmup_steps < self.steps:
+      raise ValueError(f"optim.warmup_steps {optim.warmup_steps}: expected "
+                       f"< T = {self.steps} steps (the warmup would cover "
+                       "the whole episode)")
+    return optim
 
   @property
   def window(self) -> tuple[int, int]:

@@ -76,8 +76,10 @@ class EpisodeProgram:
     trainable = get_trainable(config.trainable, config.trainable_block)
     if hasattr(trainable, "bind"):
       # Prompt learners read the tokenizer (where the text starts, the init
-      # phrase's tokens) and the class count (class-specific contexts).
-      trainable = trainable.bind(model, config.way)
+      # phrase's tokens), the class count (class-specific contexts) and the
+      # template of the episodes' prompt ids (which their text tower
+      # rewrites into their own prompts).
+      trainable = trainable.bind(model, config.way, template=config.prompt)
     self.trainable: Trainable = trainable
     if config.method.uses_svl and not trainable.tunes_vision:
       # L_ad depends on the image features only: with a frozen image tower it

@@ -62,6 +62,7 @@ from jaxfsl.protocols.episodic import engine as engine_lib
 from jaxfsl.protocols.episodic import inputs
 from jaxfsl.protocols.episodic.batch import host_slice
 from jaxfsl.protocols.episodic.config import Interrupted, ResumeError
+from jaxfsl.trainables.base import TrainableConfigError
 
 # Names other modules (seeds, interop, tools) use as ``runner.X``; their
 # homes are config.py and inputs.py.
@@ -344,11 +345,18 @@ def _run(config: ConfigDict, workdir: Path, restart: bool,
   model = inputs.load_model(config)
   sampler = inputs.make_sampler(config, dataset,
                                 model.config.vision.image_size)
-  engine, config.episodes_per_batch, choice = engine_lib.build_engine(
-      model, config_lib.engine_config(config), config.episodes_per_batch,
-      max_episodes=config.episodes, return_adapters=config.save_adapters)
+  try:
+    engine, config.episodes_per_batch, choice = engine_lib.build_engine(
+        model, config_lib.engine_config(config), config.episodes_per_batch,
+        max_episodes=config.episodes, return_adapters=config.save_adapters)
+  except TrainableConfigError as e:
+    # Settings that do not fit a checkpoint's model (known once loaded):
+    # one line naming the key, as a config error.
+    raise ConfigError(f"{e} (model {model.name})") from None
   if choice:
     logging.info("%s", choice)
+  # The optimiser as resolved (optim.name "trainable", warmup_steps -1).
+  logging.info("Optimiser: %s", engine.config.optim)
   info = describe(config, model, engine.config)
   logging.info("%s on %s (%s): %d-way %d-shot, %d episodes, T=%d steps, "
                "%d episodes per batch over %d device(s)", info["method"],
