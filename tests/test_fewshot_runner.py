@@ -146,6 +146,16 @@ def test_validate_lists_every_bad_key():
   assert "fewshot.batch_size=0" in msg
 
 
+def test_episodic_optimisers_refused_not_ignored():
+  config = job_config()
+  config.optim.name = "sgd"
+  config.optim.warmup_steps = 5
+  with pytest.raises(ValueError) as e:
+    runner.validate(config)
+  assert "optim.name='sgd'" in str(e.value)
+  assert "optim.warmup_steps=5" in str(e.value)
+
+
 def test_renamed_keys_refused_and_old_workdirs_resume(tmp_path):
   config = job_config()
   config.method.stage1_fraction = 0.5  # An old config file.

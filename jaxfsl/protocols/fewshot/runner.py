@@ -99,6 +99,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(c.trainable == "lora", "trainable", c.trainable, "'lora'")
   need(0 < c.method.window_fraction <= 1, "method.window_fraction",
        c.method.window_fraction, "in (0, 1]")
+  # The trainer is CLIP-LoRA's AdamW + cosine without warmup: refuse the
+  # episodic protocol's other optimisers rather than ignore them.
+  need(c.optim.name == "adamw", "optim.name", c.optim.name,
+       "'adamw' (the few-shot protocol trains with CLIP-LoRA's AdamW)")
+  need(c.optim.warmup_steps == 0, "optim.warmup_steps",
+       c.optim.warmup_steps, "0 (CLIP-LoRA's schedule has no warmup)")
   need(c.optim.lr > 0 and 0 < c.optim.min_lr <= c.optim.lr, "optim.min_lr",
        c.optim.min_lr, f"in (0, optim.lr={c.optim.lr}]")
   for key in ("iters_per_shot", "batch_size", "eval_batch_size",
