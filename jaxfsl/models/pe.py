@@ -112,6 +112,7 @@ class PeVisionTower(nn.Module):
   lora_scaling: float = 1.0
   lora_dropout: float = 0.0
   remat: bool = False
+  lora_dropout_masks: str = "bernoulli"  # layers.dropout_keep_mask
 
   def setup(self):
     c = self.config
@@ -128,7 +129,8 @@ class PeVisionTower(nn.Module):
     self.blocks = [
         block_cls(c.heads, c.mlp_dim, c.act, c.norm_eps, dtype=self.dtype,
                   lora_scaling=self.lora_scaling,
-                  lora_dropout=self.lora_dropout)
+                  lora_dropout=self.lora_dropout,
+                  lora_dropout_masks=self.lora_dropout_masks)
         for _ in range(c.depth)
     ]
     self.ln_post = LayerNorm(c.norm_eps)
@@ -212,6 +214,7 @@ class AbsentTextTower(nn.Module):
   lora_scaling: float = 1.0
   lora_dropout: float = 0.0
   remat: bool = False
+  lora_dropout_masks: str = "bernoulli"  # layers.dropout_keep_mask
 
   @nn.compact
   def __call__(self, token_ids: Array, deterministic: bool = True) -> Array:

@@ -30,6 +30,7 @@ class TextTower(nn.Module):
   lora_scaling: float = 1.0
   lora_dropout: float = 0.0
   remat: bool = False
+  lora_dropout_masks: str = "bernoulli"  # layers.dropout_keep_mask
 
   @nn.compact
   def __call__(self, token_ids: Array, deterministic: bool = True,
@@ -72,7 +73,9 @@ class TextTower(nn.Module):
         x = prompt.before_block(i, x)
       x = block_cls(c.heads, c.mlp_dim, c.act, c.norm_eps, dtype=self.dtype,
                     lora_scaling=self.lora_scaling,
-                    lora_dropout=self.lora_dropout, name=f"blocks_{i}")(
+                    lora_dropout=self.lora_dropout,
+                    lora_dropout_masks=self.lora_dropout_masks,
+                    name=f"blocks_{i}")(
                         x, mask, deterministic)
     x = LayerNorm(c.norm_eps, name="ln_final")(x)
     if c.pool == "last":

@@ -44,10 +44,15 @@ class TwoTowers(nn.Module):
   lora_dropout: float = 0.0
   remat: bool = False
   prompt_layout: PromptLayout | None = None
+  lora_dropout_masks: str = "bernoulli"
 
   def setup(self):
     kw = dict(dtype=self.dtype, lora_scaling=self.lora_scaling,
               lora_dropout=self.lora_dropout, remat=self.remat)
+    if self.lora_dropout_masks != "bernoulli":
+      # Opt-in (layers.dropout_keep_mask); passed only then, so that a tower
+      # without the field still builds with the default.
+      kw["lora_dropout_masks"] = self.lora_dropout_masks
     self.img = _tower(self.config.vision, VisionTower)(self.config.vision,
                                                       **kw)
     self.txt = _tower(self.config.text, TextTower)(self.config.text, **kw)

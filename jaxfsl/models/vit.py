@@ -86,6 +86,7 @@ class VisionTower(nn.Module):
   lora_scaling: float = 1.0
   lora_dropout: float = 0.0
   remat: bool = False
+  lora_dropout_masks: str = "bernoulli"  # layers.dropout_keep_mask
 
   def setup(self):
     c = self.config
@@ -103,7 +104,8 @@ class VisionTower(nn.Module):
     self.blocks = [
         block_cls(c.heads, c.mlp_dim, c.act, c.norm_eps, dtype=self.dtype,
                   lora_scaling=self.lora_scaling,
-                  lora_dropout=self.lora_dropout)
+                  lora_dropout=self.lora_dropout,
+                  lora_dropout_masks=self.lora_dropout_masks)
         for _ in range(c.depth)
     ]
     self.ln_post = LayerNorm(c.norm_eps)
