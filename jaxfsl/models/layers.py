@@ -312,11 +312,16 @@ class Attention(nn.Module):
     # logits up to rounding; exactly equal when D is a power of 4 (64:
     # scale 1/8).
     q = q * jnp.asarray(head_dim**-0.5, q.dtype)
-    logits = jnp.einsum("nqhd,nkhd->nhqk", q, k).astype(jnp.float32)
+    # Heads-major [N, H, L, D] operands: both attention matmuls are then
+    # plain batched [L, D] products in XLA's canonical (batch-major) layout
+    # and AV comes out as [N, H, Lq, D]; with [N, L, H, D] operands XLA:CPU
+    # computed AV transposed ([N, H, D, Lq]) and relaid it out.
+    q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
+    logits = jnp.einsum("nhqd,nhkd->nhqk", q, k).astype(jnp.float32)
     if mask is not None:
       logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum("nhqk,nkhd->nqhd", weights, v)
+    out = jnp.swapaxes(jnp.einsum("nhqk,nhkd->nhqd", weights, v), 1, 2)
     out = out.reshape(out.shape[:-2] + (width,))
     y = Dense(width, dtype=self.dtype, name="out")(out)
     delta = self._lora("o", out, deterministic, full_shape)
