@@ -185,3 +185,19 @@ def test_job_config_key():
   assert engine_config(config).lora.dropout_masks == "bernoulli"
   config.lora.dropout_masks = "packed"
   assert engine_config(config).lora.dropout_masks == "packed"
+
+
+def test_benchmark_option_reaches_the_engine():
+  """tools/benchmark.py / profile_step.py --option lora.dropout_masks=packed
+  -> the engine's TwoTowers draws packed masks."""
+  from jaxfsl import benchmarking
+  from jaxfsl.protocols.episodic.engine import EpisodeEngine
+
+  config = benchmarking.default_engine_config(
+      1, "svl_ra", **{"lora.dropout_masks": "packed"})
+  assert config.lora.dropout_masks == "packed"
+  assert config.lora.dropout == 0.25  # the rest of the block unchanged
+  engine = EpisodeEngine(_tiny(), config)
+  assert engine.module.lora_dropout_masks == "packed"
+  assert benchmarking.default_engine_config(1).lora.dropout_masks == (
+      "bernoulli")
