@@ -95,7 +95,7 @@ def test_release_defaults():
       relation_form="release")
   assert c.lora.to_dict() == dict(rank=16, alpha=8.0, dropout=0.25,
                                   targets=("q", "k", "v"), towers="vision",
-                                  blocks="all")
+                                  blocks="all", dropout_masks="bernoulli")
   assert c.optim.to_dict() == dict(name="adamw", lr=2e-4, b1=0.9, b2=0.999,
                                    eps=1e-8, weight_decay=1e-2, min_lr=1e-6,
                                    period_factor=8.0, momentum=0.9,

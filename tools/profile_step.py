@@ -106,7 +106,8 @@ def categorize(opcode: str, op_name: str, name: str) -> str | None:
   if opcode in CONTAINERS or name.startswith(CONTAINERS):
     return None
   path = op_name.lower()
-  if any(k in path for k in ("_bernoulli", "threefry", "_uniform",
+  if any(k in path for k in ("dropout_mask", "_bernoulli", "threefry",
+                             "_uniform",
                              "random_bits", "random_split",
                              "random_fold_in")):
     return "dropout masks / rng"
@@ -161,6 +162,18 @@ def breakdown(trace_events: list[dict], ops: dict[str, tuple[str, str]],
   return dict(per_cat), per_op
 
 
+def _literal(value: str):
+  """bool, int, float or the string itself (as tools/benchmark.py)."""
+  if value.lower() in ("true", "false"):
+    return value.lower() == "true"
+  for cast in (int, float):
+    try:
+      return cast(value)
+    except ValueError:
+      pass
+  return value
+
+
 def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawTextHelpFormatter)
@@ -169,7 +182,9 @@ def main(argv=None) -> dict:
   p.add_argument("--dtype", default="float32")
   p.add_argument("--steps", type=int, default=2, help="traced steps")
   p.add_argument("--option", action="append", default=[],
-                 metavar="NAME=VALUE", help="EngineConfig field (bool)")
+                 metavar="NAME=VALUE",
+                 help="EngineConfig field, or lora.<field> (e.g. "
+                 "lora.dropout_masks=packed); repeatable")
   p.add_argument("--out", required=True, help="trace directory")
   args = p.parse_args(argv)
 
@@ -181,7 +196,7 @@ def main(argv=None) -> dict:
   options = {}
   for item in args.option:
     key, _, value = item.partition("=")
-    options[key] = value.lower() == "true"
+    options[key] = _literal(value)
   config = benchmarking.default_engine_config(args.shot, "svl_ra", **options)
   model = benchmarking.load(args.model, args.dtype)
   step = benchmarking.JaxStep(EpisodeEngine(model, config), 1)
@@ -191,6 +206,9 @@ def main(argv=None) -> dict:
   hlo = step.compiled.as_text()
   ops, weights = hlo_ops(hlo), fusion_weights(hlo)
   os.makedirs(args.out, exist_ok=True)
+  # The optimised HLO beside the trace: what each fusion in top_ops fuses.
+  with open(os.path.join(args.out, "step.hlo.txt"), "w") as f:
+    f.write(hlo)
   start = time.perf_counter()
   jax.profiler.start_trace(args.out, create_perfetto_trace=True)
   for _ in range(args.steps):

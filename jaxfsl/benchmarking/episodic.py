@@ -11,6 +11,7 @@ images per episode).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -70,12 +71,18 @@ def default_engine_config(shot: int, variant: str | None = None,
       lora=LoraConfig(rank=lora.rank, alpha=float(lora.alpha),
                       dropout=float(lora.dropout),
                       targets=tuple(lora.targets), towers=lora.towers,
-                      blocks=lora.blocks),
+                      blocks=lora.blocks, dropout_masks=lora.dropout_masks),
       trainable=trainable,
       trainable_config=(None if trainable == "lora"
                         else c.get(trainable)),
       logit_scale=float(c.logit_scale), remat=c.remat,
       skip_clean_pass_outside_window=c.skip_clean_pass_outside_window)
+  # "lora.<field>" options override that LoraConfig field (e.g.
+  # --option lora.dropout_masks=packed).
+  lora_options = {k.split(".", 1)[1]: options.pop(k) for k in list(options)
+                  if k.startswith("lora.")}
+  if lora_options:
+    fields["lora"] = dataclasses.replace(fields["lora"], **lora_options)
   fields.update(options)
   return EngineConfig(**fields)
 

@@ -49,7 +49,8 @@ class Model:
       return TwoTowers(self.config, dtype=self.dtype, remat=remat)
     return TwoTowers(self.config, dtype=self.dtype,
                      lora_scaling=adapters.config.scaling,
-                     lora_dropout=adapters.config.dropout, remat=remat)
+                     lora_dropout=adapters.config.dropout, remat=remat,
+                     lora_dropout_masks=adapters.config.dropout_masks)
 
   def variables(self, adapters: Adapters | None = None) -> dict:
     if adapters is None:

@@ -64,7 +64,9 @@ class TextTower(Tower):
         x = prompt.before_block(i, x)
       x = block_cls(c.heads, c.mlp_dim, c.act, c.norm_eps, dtype=self.dtype,
                     lora_scaling=self.lora_scaling,
-                    lora_dropout=self.lora_dropout, name=f"blocks_{i}")(
+                    lora_dropout=self.lora_dropout,
+                    lora_dropout_masks=self.lora_dropout_masks,
+                    name=f"blocks_{i}")(
                         x, mask, deterministic)
     x = LayerNorm(c.norm_eps, name="ln_final")(x)
     if c.pool == "last":

@@ -30,6 +30,8 @@ class Tower(nn.Module):
     dtype: compute dtype (parameters stay float32).
     lora_scaling, lora_dropout: LoRA branch settings (see layers.Attention).
     remat: rematerialise each block in the backward pass (saves memory).
+    lora_dropout_masks: how LoRA-dropout masks are drawn ("bernoulli" |
+      "packed", ``layers.dropout_keep_mask``).
   """
 
   config: Any
@@ -37,6 +39,7 @@ class Tower(nn.Module):
   lora_scaling: float = 1.0
   lora_dropout: float = 0.0
   remat: bool = False
+  lora_dropout_masks: str = "bernoulli"
 
 
 def image_encoder_params(tower: Tower, class_token: bool
@@ -67,7 +70,8 @@ def image_encoder_params(tower: Tower, class_token: bool
   blocks = [
       block_cls(c.heads, c.mlp_dim, c.act, c.norm_eps, dtype=tower.dtype,
                 lora_scaling=tower.lora_scaling,
-                lora_dropout=tower.lora_dropout)
+                lora_dropout=tower.lora_dropout,
+                lora_dropout_masks=tower.lora_dropout_masks)
       for _ in range(c.depth)
   ]
   return cls_token, pos_embed, blocks

@@ -44,7 +44,8 @@ class TwoTowers(Tower):
 
   def setup(self):
     kw = dict(dtype=self.dtype, lora_scaling=self.lora_scaling,
-              lora_dropout=self.lora_dropout, remat=self.remat)
+              lora_dropout=self.lora_dropout, remat=self.remat,
+              lora_dropout_masks=self.lora_dropout_masks)
     self.img = _tower(self.config.vision, VisionTower)(self.config.vision,
                                                       **kw)
     self.txt = _tower(self.config.text, TextTower)(self.config.text, **kw)

@@ -26,7 +26,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxfsl.models.config import ModelConfig
-from jaxfsl.models.layers import LORA_COLLECTION, LORA_TARGETS
+from jaxfsl.models.layers import (
+  DROPOUT_MASKS,
+  LORA_COLLECTION,
+  LORA_TARGETS,
+  packed_draw_bits,
+)
 from jaxfsl.trainables.base import Trainable, register
 
 Towers = Literal["vision", "text", "both"]
@@ -47,6 +52,13 @@ class LoraConfig:
     blocks: a preset (all, bottom, mid, up, half-up, half-bottom: thirds and
       halves of the depth, as CLIP-LoRA's positions for 12 blocks) or explicit
       block indices.
+    dropout_masks: how the dropout masks are drawn: "bernoulli" (default,
+      ``jax.random.bernoulli``) or "packed" (opt-in: 8-bit draws, four per
+      random word; exact for a ``dropout`` that is a multiple of 1/256, or of
+      1/65536 with 16-bit draws; other rates are refused). "packed" masks
+      are Bernoulli(1 - dropout) as well but differ from "bernoulli"'s for
+      the same key, so results differ beyond rounding. See
+      ``jaxfsl.models.layers.dropout_keep_mask``.
   """
 
   rank: int = 16
@@ -55,6 +67,7 @@ class LoraConfig:
   targets: tuple[str, ...] = ("q", "k", "v")
   towers: Towers = "vision"
   blocks: str | tuple[int, ...] = "all"
+  dropout_masks: str = "bernoulli"
 
   def __post_init__(self):
     # Lists (from a CLI or YAML) become tuples: the config is static pytree
@@ -84,6 +97,16 @@ class LoraConfig:
     if isinstance(self.blocks, str) and self.blocks not in BLOCK_PRESETS:
       errors.append(f"lora.blocks {self.blocks!r}: expected one of "
                     f"{BLOCK_PRESETS} or a list of block indices")
+    if self.dropout_masks not in DROPOUT_MASKS:
+      errors.append(f"lora.dropout_masks {self.dropout_masks!r}: expected "
+                    f"one of {DROPOUT_MASKS}")
+    elif (self.dropout_masks == "packed" and isinstance(
+        self.dropout, (int, float)) and 0.0 < self.dropout < 1.0 and
+          packed_draw_bits(1.0 - self.dropout) is None):
+      errors.append(
+          f"lora.dropout {self.dropout!r} with lora.dropout_masks 'packed': "
+          "expected a multiple of 1/256 (or of 1/65536), which 8-bit (16-bit) "
+          "draws keep exactly, e.g. 0.25; or dropout_masks 'bernoulli'")
     if errors:
       raise ValueError("; ".join(errors))
 
@@ -253,8 +276,13 @@ class LoraTrainable(Trainable):
     return init_lora(rng, backbone_params, self.config, model_config).params
 
   def module_kwargs(self) -> dict[str, Any]:
-    return {"lora_scaling": self.config.scaling,
-            "lora_dropout": self.config.dropout}
+    kwargs = {"lora_scaling": self.config.scaling,
+              "lora_dropout": self.config.dropout}
+    if self.config.dropout_masks != "bernoulli":
+      # Only when opted in, so that a tower without the field (a family's
+      # own) still builds with the default.
+      kwargs["lora_dropout_masks"] = self.config.dropout_masks
+    return kwargs
 
   @property
   def stochastic(self) -> bool:

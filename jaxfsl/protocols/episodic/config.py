@@ -364,7 +364,8 @@ def engine_config(config: ConfigDict) -> Any:
           rank=c.lora.rank, alpha=float(c.lora.alpha),
           dropout=float(c.lora.dropout),
           targets=parse_targets(c.lora.targets), towers=c.lora.towers,
-          blocks=parse_blocks(c.lora.blocks)),
+          blocks=parse_blocks(c.lora.blocks),
+          dropout_masks=c.lora.dropout_masks),
   }
   stand_ins = {"method": MethodConfig, "optim": OptimConfig,
                "lora": LoraConfig}
