@@ -57,7 +57,7 @@ def test_defaults_are_the_protocols():
   base = common.get_config()
   assert tcfg.batch_size == base.fewshot.batch_size == 32
   assert tcfg.lora.towers == "both" and tcfg.lora.rank == base.lora.rank
-  assert tcfg.lr == base.optim.lr
+  assert tcfg.optim.lr == base.optim.lr
   # The episodic protocol keeps its own default variant.
   episodic, _ = cli.parse([])
   assert episodic.variant == "svl_ra"

@@ -52,7 +52,8 @@ def test_configs_cover_the_eleven_datasets():
   tcfg = runner.trainer_config(common.get_config())
   assert (tcfg.lora.rank, tcfg.lora.alpha, tcfg.lora.towers) == (2, 1.0,
                                                                  "both")
-  assert (tcfg.batch_size, tcfg.lr, tcfg.weight_decay) == (32, 2e-4, 1e-2)
+  assert (tcfg.batch_size, tcfg.optim.lr,
+          tcfg.optim.weight_decay) == (32, 2e-4, 1e-2)
   assert tcfg.variant == "none" and tcfg.logit_scale == 100.0
   bad = common.get_config()
   bad.method.variant = "visual"

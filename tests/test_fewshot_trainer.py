@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from jaxfsl.models import PRESETS, build
+from jaxfsl.optim import OptimConfig
 from jaxfsl.protocols.fewshot import trainer as T
 
 NUM_CLASSES = 5
@@ -46,7 +47,8 @@ def model():
 
 def test_defaults_are_clip_lora():
   cfg = T.TrainerConfig(steps=8000)
-  assert (cfg.lr, cfg.weight_decay, cfg.min_lr, cfg.batch_size,
+  assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.min_lr,
+          cfg.batch_size,
           cfg.logit_scale) == (2e-4, 1e-2, 1e-6, 32, 100.0)
   assert cfg.lora.rank == 2 and cfg.lora.alpha == 1.0
   assert cfg.lora.towers == "both" and cfg.lora.targets == ("q", "k", "v")
@@ -56,7 +58,8 @@ def test_defaults_are_clip_lora():
 
 
 def test_schedule_is_torch_cosine_annealing():
-  cfg = T.TrainerConfig(steps=100, lr=2e-4, min_lr=1e-6)
+  cfg = T.TrainerConfig(steps=100,
+                        optim=OptimConfig(lr=2e-4, min_lr=1e-6))
   tx = T.make_optimizer(cfg)
   params = {"w": jnp.ones(())}
   state = tx.init(params)
@@ -66,7 +69,7 @@ def test_schedule_is_torch_cosine_annealing():
     for _ in range(k):
       _, st = tx.update({"w": jnp.zeros(())}, st, params)
     upd, _ = tx.update({"w": jnp.zeros(())}, st, params)
-    lr = -float(upd["w"]) / cfg.weight_decay
+    lr = -float(upd["w"]) / cfg.optim.weight_decay
     torch_lr = 1e-6 + (2e-4 - 1e-6) * (1 + math.cos(math.pi * k / 100)) / 2
     assert lr == pytest.approx(torch_lr, rel=1e-5)
 
@@ -107,7 +110,7 @@ def test_each_variant_uses_exactly_its_terms(parts_by_variant):
 @pytest.fixture(scope="module")
 def svl_ra_trainer(model):
   cfg = T.TrainerConfig(steps=12, batch_size=BATCH, variant="svl_ra",
-                        lr=5e-3)
+                        optim=OptimConfig(lr=5e-3))
   return T.FewshotTrainer(model, cfg, text_ids(model))
 
 
@@ -157,7 +160,9 @@ from test_fewshot_trainer import tiny_model, text_ids, batch, BATCH
 from jaxfsl import parallel
 from jaxfsl.protocols.fewshot import trainer as T
 model = tiny_model()
-cfg = T.TrainerConfig(steps=6, batch_size=BATCH, variant="svl_ra", lr=1e-3)
+from jaxfsl.optim import OptimConfig
+cfg = T.TrainerConfig(steps=6, batch_size=BATCH, variant="svl_ra",
+                      optim=OptimConfig(lr=1e-3))
 out = {{"devices": jax.device_count()}}
 for name, devices in (("one", jax.devices()[:1]), ("four", jax.devices())):
   mesh = parallel.make_mesh(devices)

@@ -35,6 +35,7 @@ from jaxfsl.data.fewshot import split as fsplit
 from jaxfsl.io import reports
 from jaxfsl.io.aggregate import format_duration
 from jaxfsl.io.markdown import markdown_table
+from jaxfsl.optim import OptimConfig
 from jaxfsl.protocols.episodic.config import (
   RENAMED_KEYS,
   flatten,
@@ -131,8 +132,7 @@ def trainer_config(config: ml_collections.ConfigDict) -> TrainerConfig:
   o = config.optim
   return TrainerConfig(
       steps=total_steps(config), batch_size=config.fewshot.batch_size,
-      lr=o.lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-      min_lr=o.min_lr, logit_scale=float(config.logit_scale),
+      optim=OptimConfig(**o.to_dict()), logit_scale=float(config.logit_scale),
       variant=config.method.variant,
       anti_visual_weight=config.method.anti_visual_weight,
       relation_weight=config.method.relation_weight,

@@ -60,8 +60,10 @@ class TrainerConfig:
   Attributes:
     steps: T, total iterations (CLIP-LoRA: 500 * K).
     batch_size: B, images per iteration (a multiple of the device count).
-    lr, b1, b2, eps, weight_decay: AdamW.
-    min_lr: cosine floor, reached at iteration T.
+    optim: AdamW and its cosine floor (``optim.OptimConfig``: lr, b1, b2,
+      eps, weight_decay, min_lr; CLIP-LoRA's are its defaults). The cosine
+      spans T here (CLIP-LoRA), so ``period_factor`` and the SGD/warmup keys
+      are not read.
     logit_scale: fixed multiplier of cosine logits (CLIP-LoRA: 100).
     variant: none | svl | ra | svl_ra.
     anti_visual_weight, relation_weight: weights of L_ad and L_ra.
@@ -75,12 +77,8 @@ class TrainerConfig:
 
   steps: int
   batch_size: int = 32
-  lr: float = 2e-4
-  b1: float = 0.9
-  b2: float = 0.999
-  eps: float = 1e-8
-  weight_decay: float = 1e-2
-  min_lr: float = 1e-6
+  optim: optim.OptimConfig = dataclasses.field(
+      default_factory=optim.OptimConfig)
   logit_scale: float = 100.0
   variant: str = "none"
   anti_visual_weight: float = 0.1
@@ -127,9 +125,10 @@ def make_optimizer(cfg: TrainerConfig) -> optax.GradientTransformation:
   """AdamW with torch's ``CosineAnnealingLR(T_max=T, eta_min=min_lr)``
   stepped per iteration (CLIP-LoRA's): the episodic protocol's
   ``jaxfsl.optim.release_optimizer`` with a period of T instead of 8 T."""
+  o = cfg.optim
   return optim.release_optimizer(
-      cfg.steps, base_lr=cfg.lr, betas=(cfg.b1, cfg.b2), eps=cfg.eps,
-      weight_decay=cfg.weight_decay, min_lr=cfg.min_lr, period_factor=1)
+      cfg.steps, base_lr=o.lr, betas=(o.b1, o.b2), eps=o.eps,
+      weight_decay=o.weight_decay, min_lr=o.min_lr, period_factor=1)
 
 
 class FewshotTrainer:
@@ -310,7 +309,7 @@ class FewshotTrainer:
 
   def tx_lr(self, step: Array) -> Array:
     cfg = self.config
-    return optim.release_schedule(cfg.steps, cfg.lr, cfg.min_lr,
+    return optim.release_schedule(cfg.steps, cfg.optim.lr, cfg.optim.min_lr,
                                   period_factor=1)(step)
 
   def train_step(self, state: TrainState, batch: Mapping[str, Any],
