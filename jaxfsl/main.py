@@ -202,6 +202,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
     if any(a in _HELP for a in argv[1:]):
       print(help_text(argv))
       sys.exit(0)
+    found = _config_arg(argv)
+    if found:
+      # ml_collections' own loading shows a bad file as a traceback (or, for
+      # get_config() returning 3, as an error much later): load it here
+      # first so that each problem is one ERROR line naming the file.
+      config_lib.load_config(found[1])
     check_override_keys(argv)
     return flags.FLAGS(argv)
   except config_lib.ConfigError as e:
@@ -260,6 +266,13 @@ def _log_error(handler: py_logging.Handler, e: BaseException) -> None:
   handler.emit(py_logging.LogRecord(
       "jaxfsl", py_logging.ERROR, __file__, 0, "%s: %s",
       (type(e).__name__, e), None))
+
+
+def _log_record(handler: py_logging.Handler, e: BaseException,
+                level: int) -> None:
+  """``e``'s message in log.txt only (the caller prints it on stderr)."""
+  handler.emit(py_logging.LogRecord("jaxfsl", level, __file__, 0, "%s",
+                                    (e,), None))
 
 
 # config.protocol -> the module that runs it: ``validate(config)`` (raises
@@ -352,8 +365,10 @@ def main(argv: Sequence[str]) -> int:
     _log_error(log_file, e)
     return 1
   except config_lib.Interrupted as e:
-    logging.warning("%s", e)
+    # Once on stderr (absl's warning would print it a second time there),
+    # and in log.txt.
     print(str(e), file=sys.stderr)
+    _log_record(log_file, e, py_logging.WARNING)
     return e.exit_code
   return 0
 

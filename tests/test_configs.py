@@ -612,3 +612,38 @@ def test_cli_restart_flag_discards_another_configs_run(tmp_path):
 def test_method_labels_name_backbone_and_trainable(variant, family,
                                                     trainable, label):
   assert runner.method_label(variant, family, trainable) == label
+
+
+BAD_CONFIG_FILES = {
+    # name: (file text, what the ERROR line says)
+    "syntax": ("import ml_collections\n\nx = = 1\n", "line 3: invalid syntax"),
+    "no_get_config": ("x = 1\n", "defines no get_config()"),
+    "raises": ("def get_config():\n  return {}['lr']\n",
+               "get_config() raised KeyError: 'lr'"),
+    "returns_int": ("def get_config():\n  return 3\n",
+                    "get_config() must return an ml_collections.ConfigDict, "
+                    "got int"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIG_FILES))
+def test_bad_config_file_is_one_error_line(case, tmp_path):
+  text, expected = BAD_CONFIG_FILES[case]
+  file = tmp_path / f"{case}.py"
+  file.write_text(text)
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.load_config(file)
+  assert str(file) in str(e.value) and expected in str(e.value)
+  work = tmp_path / "w"
+  line = _one_error_line(_cli("--config", str(file), "--workdir", str(work)))
+  assert str(file) in line and expected in line, line
+  assert not work.exists()
+
+
+def test_cli_non_python_config_file_is_one_error_line(tmp_path):
+  """``--config README.md``: read as Python, its first bad line named."""
+  work = tmp_path / "w"
+  line = _one_error_line(_cli("--config", "README.md", "--workdir",
+                              str(work)))
+  assert "README.md: line " in line and "get_config()" in line, line
+  assert not work.exists()

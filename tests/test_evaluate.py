@@ -70,6 +70,17 @@ def test_progress_line():
   assert "ETA ?" in aggregate.progress_line(1, 4, [50.0], None)
 
 
+def test_one_episode_has_no_confidence_interval():
+  """A 95% interval of one episode is undefined: no "± 0.00"."""
+  line = aggregate.progress_line(1, 4, [8.0], None)
+  assert "accuracy 8.00 % |" in line and "±" not in line, line
+  assert (aggregate.format_over_episodes(8.0, 0.0, 1)
+          == "8.00 % over 1 episode")
+  assert (aggregate.format_over_episodes(8.0, 0.5, 2)
+          == "8.00 ± 0.50 % over 2 episodes")
+  assert aggregate.format_mean_ci(8.0, None) == "8.00"
+
+
 def test_reports_are_consistent(tmp_path):
   results = fake_results(demo=True)
   reports.write_all(tmp_path, results)

@@ -217,6 +217,9 @@ def test_clean_exit_on_sigterm_and_sigint_then_resume(reference, tmp_path,
   assert sent and rc == 143, (rc, log[-3000:])
   assert ("Interrupted after 4/10 episodes; rerun the same command to "
           "resume.") in log, log[-3000:]
+  # Once on stderr (not also as a logged warning there), and in log.txt.
+  assert log.count("Interrupted after 4/10 episodes") == 1, log[-3000:]
+  assert "Interrupted after 4/10 episodes" in (work / "log.txt").read_text()
   assert "Traceback" not in log
   assert saved_steps(work, "state")[-1] == 4
 

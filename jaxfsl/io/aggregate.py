@@ -231,7 +231,17 @@ def format_mean_ci(mean: float, ci: float, digits: int = 2) -> str:
   """``"38.12 ± 0.95"``; ``"-"`` for a missing (nan) mean."""
   if mean is None or (isinstance(mean, float) and math.isnan(mean)):
     return "-"
+  if ci is None or (isinstance(ci, float) and math.isnan(ci)):
+    return f"{mean:.{digits}f}"
   return f"{mean:.{digits}f} ± {ci:.{digits}f}"
+
+
+def format_over_episodes(mean: float, ci: float, n: int,
+                         digits: int = 2) -> str:
+  """``"38.12 ± 0.95 % over 40 episodes"``; with one episode no ± (a 95%
+  interval of one value is undefined): ``"8.00 % over 1 episode"``."""
+  text = format_mean_ci(mean, ci if n >= 2 else None, digits)
+  return f"{text} % over {n} episode{'' if n == 1 else 's'}"
 
 
 def format_duration(seconds: float) -> str:
@@ -260,8 +270,10 @@ def progress_line(done: int, total: int, accuracies: Sequence[float],
     eta = format_duration((total - done) / episodes_per_hour * 3600.0)
   else:
     speed, eta = "? episodes/h", "?"
-  return (f"episodes {done}/{total} | accuracy {format_mean_ci(mean, ci)} % "
-          f"(95% CI) | {speed} | ETA {eta}")
+  # One episode has no 95% interval: its accuracy alone, no "± 0.00".
+  acc = (f"{format_mean_ci(mean, ci)} % (95% CI)" if len(accuracies) >= 2
+         else f"{format_mean_ci(mean, None)} %")
+  return f"episodes {done}/{total} | accuracy {acc} | {speed} | ETA {eta}"
 
 
 # Settings that must agree between the seeds of one multi-seed job.

@@ -9,6 +9,7 @@ works from any directory and from an installed wheel.
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import os
 from pathlib import Path
@@ -70,19 +71,48 @@ def load_config(path: str | os.PathLike[str], arg: str | None = None
     The config (not yet checked: see ``validate``).
 
   Raises:
-    ConfigError: the file does not exist or has no ``get_config``.
+    ConfigError: the file does not exist, is not Python (line and reason),
+      fails when run, has no ``get_config``, or ``get_config`` raises or
+      returns something other than a ConfigDict; one line naming the file.
   """
   path = str(path)
   if arg is None and ":" in path and not user_path(path).exists():
     path, arg = path.rsplit(":", 1)
   file = find_config(path)
-  spec = importlib.util.spec_from_file_location(
-      f"jaxfsl_config_{file.stem}_{abs(hash(str(file)))}", file)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ConfigError(f"config file {str(file)!r} has no get_config()")
-  return module.get_config(arg) if arg else module.get_config()
+  name = f"jaxfsl_config_{file.stem}_{abs(hash(str(file)))}"
+  # Any file name is read as Python, as ml_collections' --config flag does
+  # (spec_from_file_location gives no loader for e.g. README.md).
+  loader = importlib.machinery.SourceFileLoader(name, str(file))
+  module = importlib.util.module_from_spec(
+      importlib.util.spec_from_loader(name, loader))
+  try:
+    loader.exec_module(module)
+  except SyntaxError as e:
+    raise ConfigError(
+        f"{file}: line {e.lineno}: {e.msg}; a config file is Python "
+        f"defining get_config() (e.g. {CONFIG_DIR / 'episodic' / 'demo.py'})"
+    ) from None
+  except Exception as e:  # noqa: BLE001 (any error of the user's file)
+    raise ConfigError(f"{file}: running it raised {type(e).__name__}: {e}"
+                      ) from None
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
+    raise ConfigError(
+        f"{file} defines no get_config(); a config file defines "
+        "get_config() returning an ml_collections.ConfigDict (e.g. "
+        f"{CONFIG_DIR / 'episodic' / 'demo.py'})")
+  try:
+    config = get_config(arg) if arg else get_config()
+  except ConfigError:
+    raise
+  except Exception as e:  # noqa: BLE001 (any error of the user's file)
+    raise ConfigError(f"{file}: get_config() raised {type(e).__name__}: {e}"
+                      ) from None
+  if not isinstance(config, ConfigDict):
+    raise ConfigError(
+        f"{file}: get_config() must return an ml_collections.ConfigDict, "
+        f"got {type(config).__name__}")
+  return config
 
 
 def default_config() -> ConfigDict:

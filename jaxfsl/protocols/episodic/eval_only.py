@@ -114,8 +114,8 @@ def run(config: ConfigDict, workdir: Path,
   results["complete"] = len(records) == config.episodes
   if reports.is_main_process():
     reports.write_all(workdir / "eval_only", results)
-  logging.info("eval_only: %s %% over %d episodes; max |accuracy - training "
-               "accuracy| = %s", aggregate.format_mean_ci(
-                   results["accuracy_mean"], results["accuracy_ci95"]),
-               len(records), results["max_abs_diff_vs_training"])
+  logging.info("eval_only: %s; max |accuracy - training accuracy| = %s",
+               aggregate.format_over_episodes(
+                   results["accuracy_mean"], results["accuracy_ci95"],
+                   len(records)), results["max_abs_diff_vs_training"])
   return results

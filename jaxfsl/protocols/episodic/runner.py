@@ -468,13 +468,14 @@ def _run(config: ConfigDict, workdir: Path, restart: bool,
     if tb is not None:
       tb.final(results)
       tb.close()
-  logging.info("Done: %s %s %d-shot: %s %% over %d episodes (zero-shot %s)",
+  n = results["num_episodes"]
+  logging.info("Done: %s %s %d-shot: %s (zero-shot %s)",
                info["method"], config.dataset.name, config.shot,
-               aggregate.format_mean_ci(results["accuracy_mean"],
-                                        results["accuracy_ci95"]),
-               results["num_episodes"],
-               aggregate.format_mean_ci(results["zero_shot_accuracy_mean"],
-                                        results["zero_shot_accuracy_ci95"]))
+               aggregate.format_over_episodes(results["accuracy_mean"],
+                                              results["accuracy_ci95"], n),
+               aggregate.format_mean_ci(
+                   results["zero_shot_accuracy_mean"],
+                   results["zero_shot_accuracy_ci95"] if n >= 2 else None))
   if config.demo:
     logging.warning(DEMO_NOTE)
   return results
