@@ -480,3 +480,20 @@ def test_seeds_summary_numbers_equal_the_per_seed_results(tmp_path):
       runs[1]["accuracy_mean"], runs[1]["accuracy_ci95"]) in md
   with pytest.raises(ValueError, match="seed repeated"):
     reports.write_seeds_summary(tmp_path, [loaded[0], loaded[0]])
+
+
+def test_summarize_tool_skips_stray_files_with_a_warning(tmp_path):
+  """``summarize.py ~/runs/*`` where one entry is a log file: that entry is
+  one warning line, the table is still printed; nothing usable: ERROR."""
+  _write_job(tmp_path / "a", steps=20, n=6, config=_config())
+  log = tmp_path / "run.log"
+  log.write_text("not json\n")
+  proc = _summarize(tmp_path / "a", log)
+  assert proc.returncode == 0, proc.stderr
+  assert "Traceback" not in proc.stderr
+  warnings = [ln for ln in proc.stderr.splitlines() if "warning:" in ln]
+  assert len(warnings) == 1 and str(log) in warnings[0], proc.stderr
+  assert any(ln.startswith("| CLIP") for ln in proc.stdout.splitlines())
+  proc = _summarize(log)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert proc.stderr.count("ERROR:") == 1 and str(log) in proc.stderr

@@ -23,6 +23,7 @@ top-1 over the seeds found).
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -52,6 +53,15 @@ def _job_results(p: Path) -> list[Path]:
   return [p / "results.json"] if (p / "results.json").is_file() else []
 
 
+def _not_results(path: Path) -> str | None:
+  """Why the file ``path`` is not a results.json (None when it is one)."""
+  try:
+    obj = json.loads(path.read_text())
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    return f"not a results.json ({type(e).__name__}: {e})"
+  return None if isinstance(obj, dict) else "not a results.json (no object)"
+
+
 def find_results(paths: list[str]) -> list[Path]:
   """results.json files named by ``paths`` (workdirs, files, folders of
   workdirs, multi-seed workdirs holding ``seed_<s>/``), in order, without
@@ -60,6 +70,12 @@ def find_results(paths: list[str]) -> list[Path]:
   for p in map(Path, paths):
     p = p.expanduser()
     if p.is_file():
+      # A stray file among ``~/runs/*`` (a .log, a note) is skipped, named.
+      reason = _not_results(p)
+      if reason:
+        print(f"warning: skipping {p}: {reason}; pass job workdirs or "
+              "their results.json", file=sys.stderr)
+        continue
       candidates = [p]
     elif p.is_dir():
       candidates = _job_results(p) or [
@@ -125,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   files = find_results(args.workdirs)
   if not files:
-    print("ERROR: no results.json found", file=sys.stderr)
+    print(f"ERROR: no results.json found in {' '.join(args.workdirs)}; "
+          "pass job workdirs or their results.json", file=sys.stderr)
     return 1
   files, fewshot = split_fewshot(files)
   tables = []
