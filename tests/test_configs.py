@@ -647,3 +647,19 @@ def test_cli_non_python_config_file_is_one_error_line(tmp_path):
                               str(work)))
   assert "README.md: line " in line and "get_config()" in line, line
   assert not work.exists()
+
+
+def test_inert_keys_of_another_trainable():
+  """Keys of a trainable's block set away from their defaults while another
+  trainable is chosen are listed (the runner warns about them)."""
+  c = load("demo")
+  assert config_lib.inert_keys(c) == []
+  c.trainable = "coop"
+  c.lora.rank = 4
+  c.coop.n_ctx = 4  # Read by coop: not inert.
+  assert config_lib.inert_keys(c) == ["lora.rank=4"]
+  c = load("demo")
+  c.trainable = "lora"
+  c.maple.depth = 3
+  c.lora.rank = 4  # Read by lora: not inert.
+  assert config_lib.inert_keys(c) == ["maple.depth=3"]

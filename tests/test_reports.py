@@ -497,3 +497,19 @@ def test_summarize_tool_skips_stray_files_with_a_warning(tmp_path):
   proc = _summarize(log)
   assert proc.returncode == 1 and "Traceback" not in proc.stderr
   assert proc.stderr.count("ERROR:") == 1 and str(log) in proc.stderr
+
+
+def test_row_labels_ignore_the_blocks_of_unused_trainables():
+  """A CoOp row's lora.* keys (and a LoRA row's coop.*) change nothing:
+  they do not appear in labels; the used trainable's keys do."""
+  def coop(rank, n_ctx):
+    return fake_results("eurosat", method="CLIP-CoOp", config=dict(
+        _config(**{"lora.rank": rank}), trainable="coop",
+        coop={"n_ctx": n_ctx}))
+  labels = markdown.row_labels([coop(16, 16), coop(4, 4)])
+  assert all("lora.rank" not in n for n in labels), labels
+  assert "coop.n_ctx=16" in labels[0] and "coop.n_ctx=4" in labels[1]
+  lora = [fake_results("eurosat", config=dict(_config(), coop={"n_ctx": n}))
+          for n in (16, 4)]
+  labels = markdown.row_labels(lora)
+  assert all("coop." not in n for n in labels), labels

@@ -395,6 +395,34 @@ def engine_config(config: ConfigDict) -> Any:
   return engine
 
 
+# Each trainable's own config block: read only when that trainable is chosen.
+TRAINABLE_BLOCKS = ("lora", "coop", "maple")
+
+
+def inert_keys(config: ConfigDict) -> list[str]:
+  """Keys set away from their defaults (``jaxfsl/configs/base.py``) in the
+  block of a trainable this job does not use: they have no effect, e.g.
+  ``lora.rank`` with ``trainable='coop'``. The runner warns about them.
+
+  Returns:
+    ``["lora.rank=4", ...]`` in schema order; empty when none.
+  """
+  defaults = flatten(default_config())
+  out = []
+  for key, value in flatten(config).items():
+    block = key.split(".", 1)[0]
+    if (block in TRAINABLE_BLOCKS and block != config.get("trainable")
+        and key in defaults and repr(_plain(value)) !=
+        repr(_plain(defaults[key]))):
+      out.append(f"{key}={value!r}")
+  return out
+
+
+def _plain(value: Any) -> Any:
+  # A tuple default overridden from the command line can come back a list.
+  return tuple(value) if isinstance(value, list) else value
+
+
 def validate(config: ConfigDict) -> None:
   """Checks keys, types and values; lists every problem found.
 

@@ -307,6 +307,11 @@ def run(config: ConfigDict, workdir: str | os.PathLike[str], *,
   workdir = user_path(workdir)
   t_line = config_lib.t_source(config)
   config_lib.validate(config)
+  inert = config_lib.inert_keys(config)
+  if inert:
+    logging.warning("These keys have no effect with trainable=%r (they "
+                    "configure another trainable): %s", config.trainable,
+                    ", ".join(inert))
   # Before anything asks JAX for devices (multi-host initialisation).
   setup_jax(config, workdir)
   config = config_lib.resolve(config, num_devices=None)
