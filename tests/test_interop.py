@@ -558,3 +558,19 @@ def test_imported_adapters_evaluate_with_eval_only(tmp_path):
              for m in record["zero_shot"]]
     assert max(moved) > 1e-4, record["index"]
   assert saved_workdir.load_saved_adapters(tmp_path / "w", 2) is not None
+
+
+@pytest.mark.parametrize("trainable", ["coop", "maple"])
+def test_export_tool_on_a_prompt_learner_workdir_says_what_is_possible(
+    trainable, tmp_path, capsys):
+  """CoOp/MaPLe: one ERROR naming what export supports and where the
+  job's prompts are saved."""
+  work = tmp_path / "w"
+  work.mkdir()
+  (work / "config.json").write_text(json.dumps({"trainable": trainable}))
+  assert _tool().main([str(work), str(tmp_path / "x"), "--episode", "0",
+                       "--format", "npz"]) == 1
+  err = capsys.readouterr().err
+  assert err.count("ERROR:") == 1 and "Traceback" not in err
+  assert "export supports LoRA adapters (PEFT, release .pt, npz)" in err
+  assert str(work / "adapters") in err and "not exported" in err

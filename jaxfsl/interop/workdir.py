@@ -77,13 +77,20 @@ def load_saved_adapters(workdir: str | os.PathLike[str], episode: int
     InteropError: no saved adapters (the job ran without save_adapters), or
       none for this episode (naming the saved episode range).
   """
-  import orbax.checkpoint as ocp
-
   workdir = user_path(workdir)
   config = job_config(workdir)
   if config.get("trainable", "lora") != "lora":
-    raise InteropError(f"{workdir}: trainable={config.trainable!r}; only "
-                       "LoRA adapters load as Adapters")
+    # The runner saves prompt learners' final prompts like LoRA's adapters
+    # (AdapterStore), but no other tool reads them: say where they are.
+    raise InteropError(
+        f"{workdir}: trainable={config.trainable!r}; export supports LoRA "
+        "adapters (PEFT, release .pt, npz); CoOp/MaPLe prompts are saved "
+        f"(with --config.save_adapters=True) in {workdir / 'adapters'}/"
+        "<first episode of each batch>/ as Orbax checkpoints ('index': the "
+        "episodes, 'adapters': their learned prompts) and are not exported "
+        "to other formats")
+  import orbax.checkpoint as ocp
+
   directory = workdir / "adapters"
   if not directory.is_dir():
     raise InteropError(
