@@ -513,3 +513,9 @@ def test_row_labels_ignore_the_blocks_of_unused_trainables():
           for n in (16, 4)]
   labels = markdown.row_labels(lora)
   assert all("coop." not in n for n in labels), labels
+  # Mixed: the LoRA rows' rank tells them apart; the CoOp row shows none.
+  lora = [fake_results("eurosat", config=_config(**{"lora.rank": r}))
+          for r in (16, 4)]
+  labels = markdown.row_labels([coop(16, 16), *lora])
+  assert "lora." not in labels[0] and "None" not in labels[0], labels
+  assert "lora.rank=16" in labels[1] and "lora.rank=4" in labels[2], labels

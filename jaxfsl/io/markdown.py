@@ -269,14 +269,17 @@ def row_labels(runs: Sequence[Mapping[str, Any]]) -> list[str]:
   for i, r in enumerate(runs):
     by_dataset.setdefault(r["dataset"], []).append(i)
   differing = []
-  for key in settings[0] if settings else ():
+  # Every row's keys (a CoOp row has no lora.* ones), compared between the
+  # rows that have them and shown on those.
+  for key in dict.fromkeys(k for s in settings for k in s):
     for members in by_dataset.values():
-      if len({repr(settings[i].get(key)) for i in members}) > 1:
+      if len({repr(settings[i][key]) for i in members
+              if key in settings[i]}) > 1:
         differing.append(key)
         break
   labels = []
   for r, s in zip(runs, settings, strict=True):
-    shown = ", ".join(f"{k}={_short(s.get(k))}" for k in differing)
+    shown = ", ".join(f"{k}={_short(s[k])}" for k in differing if k in s)
     labels.append(r["method"] + (f" ({shown})" if shown else ""))
   keys = [(n, r["dataset"]) for n, r in zip(labels, runs, strict=True)]
   if len(set(keys)) < len(keys):

@@ -412,8 +412,7 @@ def inert_keys(config: ConfigDict) -> list[str]:
   for key, value in flatten(config).items():
     block = key.split(".", 1)[0]
     if (block in TRAINABLE_BLOCKS and block != config.get("trainable")
-        and key in defaults and repr(_plain(value)) !=
-        repr(_plain(defaults[key]))):
+        and key in defaults and _plain(value) != _plain(defaults[key])):
       out.append(f"{key}={value!r}")
   return out
 
