@@ -184,6 +184,10 @@ def get_config(arg=None):
 # workdir or results.json saved under an old name reads as the new one. The
 # extra-terms window can sit at the end of training (method.timing="last"),
 # so it is no longer called "stage 1".
+# The trainables' own config blocks; each is read only when
+# config.trainable names it (the others are inert in that job).
+TRAINABLE_BLOCKS = ("lora", "coop", "maple")
+
 RENAMED_KEYS = {
     "method.stage1_fraction": "method.window_fraction",
     "skip_clean_pass_in_stage2": "skip_clean_pass_outside_window",

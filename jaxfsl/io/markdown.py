@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxfsl.configs.base import RENAMED_KEYS
+from jaxfsl.configs.base import RENAMED_KEYS, TRAINABLE_BLOCKS
 from jaxfsl.io import aggregate
 
 # The paper's column order (Table 1: ISIC / EuroSAT / CropDisease / ChestX).
@@ -230,18 +230,15 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
-# Each trainable's config block, read only by that trainable: a CoOp row's
-# lora.* keys tell it from nothing (as in jaxfsl.protocols.episodic.config).
-_TRAINABLE_BLOCKS = ("lora", "coop", "maple")
-
-
 def _settings(r: Mapping[str, Any]) -> dict[str, Any]:
   """The settings that may tell this run from another, in label order
   (without the blocks of the trainables it does not use)."""
   config = r.get("config") or {}
   out = {k: r.get(k, config.get(k)) for k in _LABEL_KEYS}
   trainable = out["trainable"] or "lora"  # Runs from before trainables.
-  unused = tuple(f"{b}." for b in _TRAINABLE_BLOCKS if b != trainable)
+  # A trainable reads only its own block: a CoOp row's lora.* keys tell it
+  # from nothing.
+  unused = tuple(f"{b}." for b in TRAINABLE_BLOCKS if b != trainable)
   for k, v in _flat(config).items():
     k = RENAMED_KEYS.get(k, k)  # A run saved before a key was renamed.
     if (k not in out and not k.startswith(_IGNORED_CONFIG)

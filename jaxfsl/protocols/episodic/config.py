@@ -33,20 +33,25 @@ import numpy as np
 # RENAMED_KEYS: {old: new} config keys; ``config_diff`` reads old as new.
 from jaxfsl.configs.base import RENAMED_KEYS
 from jaxfsl.protocols.episodic.config_files import (  # noqa: F401
-    BASE_FILE,
-    CONFIG_DIR,
-    default_config,
-    find_config,
-    load_config,
-    shipped_configs,
+  BASE_FILE,
+  CONFIG_DIR,
+  default_config,
+  find_config,
+  load_config,
+  shipped_configs,
 )
 from jaxfsl.protocols.episodic.errors import (  # noqa: F401 - re-exported.
-    ConfigError,
-    Interrupted,
-    MissingInputError,
-    ResumeError,
-    UserError,
-    WorkdirError,
+  ConfigError,
+  Interrupted,
+  MissingInputError,
+  ResumeError,
+  UserError,
+  WorkdirError,
+)
+from jaxfsl.protocols.episodic.trainable_checks import (  # noqa: F401
+  TRAINABLE_BLOCKS,  # Re-exported: config_lib.inert_keys etc. keep working.
+  inert_keys,
+  preset_model_config,
 )
 
 ConfigDict = ml_collections.ConfigDict
@@ -151,27 +156,6 @@ _SHAPE_CHECKS = {
     "epochs": (lambda v: v >= 1, ">= 1", 1),
     "steps": (lambda v: v >= 1 or v == -1, ">= 1 (or -1: epochs * shot)", 1),
 }
-
-
-def preset_model_config(model: ConfigDict) -> Any:
-  """The ``ModelConfig`` of a random-init job (``model.init`` with the
-  ``model.image_size`` / ``model.vision_depth`` overrides, as
-  ``inputs.load_model`` builds it), or None for a checkpoint or values that
-  other checks report."""
-  import dataclasses
-
-  from jaxfsl.models.config import PRESETS  # No JAX: plain dataclasses.
-
-  if not model.init or model.init not in PRESETS:
-    return None
-  arch = PRESETS[model.init]
-  changes = {k: v for k, v in (("image_size", model.image_size),
-                               ("depth", model.vision_depth)) if v > 0}
-  try:
-    return dataclasses.replace(
-        arch, vision=dataclasses.replace(arch.vision, **changes))
-  except (ValueError, TypeError):
-    return None
 
 
 def job_problems(config: ConfigDict) -> list[str]:
@@ -393,33 +377,6 @@ def engine_config(config: ConfigDict) -> Any:
   if problems:
     raise ConfigError("\n".join(problems))
   return engine
-
-
-# Each trainable's own config block: read only when that trainable is chosen.
-TRAINABLE_BLOCKS = ("lora", "coop", "maple")
-
-
-def inert_keys(config: ConfigDict) -> list[str]:
-  """Keys set away from their defaults (``jaxfsl/configs/base.py``) in the
-  block of a trainable this job does not use: they have no effect, e.g.
-  ``lora.rank`` with ``trainable='coop'``. The runner warns about them.
-
-  Returns:
-    ``["lora.rank=4", ...]`` in schema order; empty when none.
-  """
-  defaults = flatten(default_config())
-  out = []
-  for key, value in flatten(config).items():
-    block = key.split(".", 1)[0]
-    if (block in TRAINABLE_BLOCKS and block != config.get("trainable")
-        and key in defaults and _plain(value) != _plain(defaults[key])):
-      out.append(f"{key}={value!r}")
-  return out
-
-
-def _plain(value: Any) -> Any:
-  # A tuple default overridden from the command line can come back a list.
-  return tuple(value) if isinstance(value, list) else value
 
 
 def validate(config: ConfigDict) -> None:
