@@ -1,8 +1,10 @@
 """The few-shot job end to end on generated data: learns, beats zero-shot,
-writes its files, and resumes after SIGKILL to identical results."""
+writes its files, resumes after SIGKILL or SIGTERM to identical results,
+keeps a finished job's results, and reports a config clash in one line."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import pytest
 from jaxfsl.configs.fewshot import common, demo
 from jaxfsl.data.fewshot import builders
 from jaxfsl.data.fewshot import split as fsplit
+from jaxfsl.protocols.episodic.config import ResumeError
 from jaxfsl.protocols.fewshot import runner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,6 +123,104 @@ def test_resume_after_sigkill_is_identical(reference, tmp_path):
       ref_dir / "fewshot_split.json").read_text()
 
 
+# job_config() as ``python -m jaxfsl.main`` flags.
+JOB_FLAGS = ("--config", str(ROOT / "configs" / "fewshot" / "demo.py"),
+             f"--config.steps={STEPS}",
+             f"--config.fewshot.checkpoint_every={EVERY}",
+             f"--config.fewshot.log_every={EVERY}")
+
+
+def main_env(step_sleep=0.0):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+  if step_sleep:
+    env["JAXFSL_FEWSHOT_TEST_STEP_SLEEP"] = str(step_sleep)
+  return env
+
+
+def run_main(workdir, *flags, timeout=900):
+  return subprocess.run(
+      [sys.executable, "-m", "jaxfsl.main", *JOB_FLAGS,
+       f"--workdir={workdir}", *flags], capture_output=True, text=True,
+      env=main_env(), cwd=ROOT, timeout=timeout)
+
+
+def test_rerun_of_finished_job_computes_nothing(reference):
+  workdir, results = reference
+  before = {n: (workdir / n).read_bytes()
+            for n in ("results.json", "summary.md")}
+  again = runner.run(job_config(), workdir)
+  assert again == json.loads(before["results.json"])
+  for name, content in before.items():
+    assert (workdir / name).read_bytes() == content, name
+
+
+def test_sigterm_saves_and_rerun_finishes_identically(reference, tmp_path):
+  ref_dir, ref = reference
+  workdir = tmp_path / "job"
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "jaxfsl.main", *JOB_FLAGS,
+       f"--workdir={workdir}"], env=main_env(step_sleep=0.5), cwd=ROOT,
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  seen = []
+  try:
+    # The progress line of the first checkpoint (logged, on stderr).
+    for line in proc.stderr:
+      seen.append(line)
+      if f"iteration {EVERY}/{STEPS}" in line:
+        proc.send_signal(signal.SIGTERM)
+        break
+    seen += proc.stderr.readlines()
+    proc.wait(timeout=600)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  err = "".join(seen)
+  assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+  stopped = re.search(rf"Interrupted after (\d+)/{STEPS} iterations; rerun "
+                      r"the same command to resume\.", err)
+  assert stopped and "Traceback" not in err, err[-3000:]
+  done = int(stopped.group(1))
+  assert EVERY <= done < STEPS
+  # Saved where it stopped, completely (no Orbax tmp folder left).
+  assert (workdir / "checkpoints" / str(done)).is_dir()
+  assert not list((workdir / "checkpoints").glob("*tmp*"))
+  assert not (workdir / "results.json").exists()
+
+  rerun = run_main(workdir)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  got = json.loads((workdir / "results.json").read_text())
+  assert got["resumed_from"] == done
+  assert got["losses"] == ref["losses"]
+  assert got["test_accuracy"] == ref["test_accuracy"]
+  assert got["zero_shot_accuracy"] == ref["zero_shot_accuracy"]
+  # Progress and results are in log.txt, not only on the console.
+  log = (workdir / "log.txt").read_text()
+  for text in (f"iteration {STEPS}/{STEPS}", "ETA", "zero-shot top-1",
+               "test top-1", "PIPELINE CHECK ONLY", stopped.group(0)):
+    assert text in log, text
+
+  # Once more: finished, so nothing is computed and results.json stays.
+  before = (workdir / "results.json").read_bytes()
+  third = run_main(workdir)
+  assert third.returncode == 0, third.stderr[-3000:]
+  assert "already done" in third.stderr
+  assert "test top-1" not in third.stderr
+  assert (workdir / "results.json").read_bytes() == before
+
+
+def test_changed_config_is_one_error_line(tmp_path):
+  runner.check_resumable(job_config(), tmp_path)
+  (tmp_path / "checkpoints").mkdir()
+  proc = run_main(tmp_path, "--config.steps=20", timeout=300)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
+  errors = [x for x in proc.stderr.splitlines() if x.startswith("ERROR:")]
+  assert len(errors) == 1, proc.stderr[-3000:]
+  assert f"steps: {STEPS} -> 20" in errors[0]
+  assert "pass --restart (config.restart=True)" in errors[0]
+
+
 def test_resuming_with_another_config_is_refused(tmp_path):
   config = job_config()
   runner.check_resumable(config, tmp_path)
@@ -128,7 +229,7 @@ def test_resuming_with_another_config_is_refused(tmp_path):
   runner.check_resumable(config, tmp_path)
   config.shot = 8
   config.method.variant = "svl"
-  with pytest.raises(ValueError) as e:
+  with pytest.raises(ResumeError) as e:
     runner.check_resumable(config, tmp_path)
   assert "method.variant: 'none' -> 'svl'" in str(e.value)
   assert "shot: 4 -> 8" in str(e.value) and "restart" in str(e.value)
@@ -172,7 +273,8 @@ def test_renamed_keys_refused_and_old_workdirs_resume(tmp_path):
   runner.check_resumable(config, tmp_path)
   saved["method"]["stage1_fraction"] = 0.4
   (tmp_path / "fewshot_config.json").write_text(json.dumps(saved))
-  with pytest.raises(ValueError, match="method.window_fraction: 0.4 -> 0.6"):
+  with pytest.raises(ResumeError,
+                     match="method.window_fraction: 0.4 -> 0.6"):
     runner.check_resumable(config, tmp_path)
 
 

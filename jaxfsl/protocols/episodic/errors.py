@@ -36,15 +36,17 @@ class Interrupted(Exception):
 
   Attributes:
     signum: the signal received.
-    done: episodes finished and saved (including earlier runs).
+    done: episodes (or ``unit``) finished and saved (including earlier
+      runs).
     total: episodes of the job.
     exit_code: 128 + signum (130 for SIGINT, 143 for SIGTERM).
   """
 
-  def __init__(self, signum: int, done: int | None, total: int | None):
+  def __init__(self, signum: int, done: int | None, total: int | None,
+               unit: str = "episodes"):
     self.signum, self.done, self.total = signum, done, total
     self.exit_code = 128 + signum
     where = ("while starting" if done is None
-             else f"after {done}/{total} episodes")
+             else f"after {done}/{total} {unit}")
     super().__init__(f"Interrupted {where}; rerun the same command to "
                      "resume.")

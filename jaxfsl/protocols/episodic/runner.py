@@ -103,24 +103,28 @@ class StopOnSignal:
 
   SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-  def __init__(self):
+  def __init__(self, unit: str = "episodes",
+               stopping: str = "the current batch (its episodes are saved)"):
+    """``unit`` (what ``done``/``total`` count) and ``stopping`` (what is
+    finished and saved before stopping) word the messages (the few-shot
+    runner counts iterations)."""
     self.signum: int | None = None
     # Progress for the message (the job updates them).
     self.done: int | None = None
     self.total: int | None = None
+    self.unit, self.stopping = unit, stopping
     self._previous: dict[int, Any] = {}
 
   def interrupted(self) -> Interrupted:
-    return Interrupted(self.signum, self.done, self.total)
+    return Interrupted(self.signum, self.done, self.total, self.unit)
 
   def _handle(self, signum: int, frame: Any) -> None:
     del frame
     if self.signum is not None:
       raise _Abandon()
     self.signum = signum
-    logging.warning("%s received: stopping after the current batch (its "
-                    "episodes are saved); send it again to stop at once.",
-                    signal.Signals(signum).name)
+    logging.warning("%s received: stopping after %s; send it again to stop "
+                    "at once.", signal.Signals(signum).name, self.stopping)
 
   def __enter__(self) -> StopOnSignal:
     if threading.current_thread() is threading.main_thread():

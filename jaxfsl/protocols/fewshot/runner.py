@@ -7,14 +7,20 @@ What a job writes in WORKDIR:
   fewshot_split.json  {"train": [[relpath, label, classname], ...], "val":
                       [...]}: the K-shot items (CLIP-LoRA's for (K, seed)).
   checkpoints/<k>/    Orbax: adapters, AdamW state, step, per-step losses;
-                      every ``fewshot.checkpoint_every`` iterations and at
-                      the end. A killed job rerun with the same config
+                      every ``fewshot.checkpoint_every`` iterations, at the
+                      end, and when SIGINT/SIGTERM stops the job (after the
+                      iteration in flight; ``Interrupted``, as the episodic
+                      runner). A killed job rerun with the same config
                       resumes from the latest one and ends with the very same
-                      results (batches and rng depend only on (seed, step)).
+                      results (batches and rng depend only on (seed, step));
+                      a finished one computes nothing and keeps its
+                      results.json.
   tensorboard/        train/{total,vlm,anti_visual,relation,lr},
                       test/accuracy, test/zero_shot_accuracy.
   results.json        the config, accuracies, per-step losses, timings.
   summary.md          a short markdown report.
+  log.txt             progress and results (absl logging; written by the
+                      CLI).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 
 from jaxfsl.data.fewshot import builders, fake, layouts, pipeline
 from jaxfsl.data.fewshot import split as fsplit
@@ -38,12 +45,18 @@ from jaxfsl.io.markdown import markdown_table
 from jaxfsl.optim import OptimConfig
 from jaxfsl.protocols.episodic.config import (
   RENAMED_KEYS,
+  ResumeError,
   flatten,
   renamed_key_message,
 )
 from jaxfsl.protocols.episodic.inputs import (  # The shared keys' readers.
   data_dir,
   load_model,
+)
+from jaxfsl.protocols.episodic.runner import (  # The episodic job's stop.
+  DEMO_NOTE,
+  StopOnSignal,
+  _Abandon,
 )
 from jaxfsl.protocols.fewshot.trainer import FewshotTrainer, TrainerConfig
 from jaxfsl.trainables.lora import LoraConfig
@@ -204,7 +217,7 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: Path
   run left one, checks that only progress/logging keys changed.
 
   Raises:
-    ValueError: naming every changed key, old and new value.
+    ResumeError: naming every changed key, old and new value.
   """
   path = workdir / "fewshot_config.json"
   new = flatten(json.loads(config.to_json()))
@@ -215,12 +228,14 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: Path
     changed = sorted(k for k in set(old) | set(new)
                      if k not in _FREE_KEYS and old.get(k) != new.get(k))
     if changed:
-      raise ValueError(
-          f"{workdir} holds a run with another config; changed: " +
+      # The episodic runner's wording (prepare_workdir), on one line.
+      raise ResumeError(
+          f"workdir {workdir} holds a run with a different config; "
+          "changed: " +
           "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
                     for k in changed) +
-          ". Use another --workdir, or --config.restart=True to discard "
-          "it.")
+          ". Use another --workdir, or pass --restart (config.restart=True) "
+          "to discard that run and start over.")
   reports.write_json(path, json.loads(config.to_json()))
 
 
@@ -264,11 +279,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]
     workdir: the job folder (created).
 
   Returns:
-    results.json's content.
+    results.json's content. Rerunning a finished job computes nothing and
+    returns (and keeps) its results.json.
 
   Raises:
     DatasetNotPreparedError: with the prepare command.
     ValueError: a config value the protocol does not support.
+    ResumeError: the workdir holds a run of another config.
+    Interrupted: SIGINT/SIGTERM; the iterations done are checkpointed.
   """
   workdir = Path(workdir).expanduser()
   workdir.mkdir(parents=True, exist_ok=True)
@@ -277,9 +295,41 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]
 
     for sub in ("checkpoints", "tensorboard"):
       shutil.rmtree(workdir / sub, ignore_errors=True)
+    # A kept results.json would pass a rerun of the new job as finished.
+    for name in ("results.json", "summary.md"):
+      (workdir / name).unlink(missing_ok=True)
   validate(config)
   tcfg = trainer_config(config)
   check_resumable(config, workdir)
+  kept = _kept_results(workdir, tcfg.steps)
+  if kept is not None:
+    logging.info("All %d iterations were already done; %s kept as written "
+                 "by the run that finished them.", tcfg.steps,
+                 workdir / "results.json")
+    return kept
+  if config.demo:
+    logging.warning(DEMO_NOTE)
+  with StopOnSignal("iterations", "the current iteration (saved)") as stop:
+    try:
+      results = _run(config, workdir, tcfg, stop)
+    except _Abandon:
+      raise stop.interrupted() from None
+  if config.demo:
+    logging.warning(DEMO_NOTE)
+  return results
+
+
+def _kept_results(workdir: Path, steps: int) -> dict[str, Any] | None:
+  """A finished job's results.json (its final checkpoint is there too)."""
+  path = workdir / "results.json"
+  if not (path.is_file() and (workdir / "checkpoints" / str(steps)).is_dir()):
+    return None
+  old = reports.load_results(path)
+  return old if old.get("steps") == steps else None
+
+
+def _run(config: ml_collections.ConfigDict, workdir: Path,
+         tcfg: TrainerConfig, stop: StopOnSignal) -> dict[str, Any]:
   f = config.fewshot
   ds = open_dataset(config, workdir)
   split = kshot_split(ds, config.shot, config.seed)
@@ -320,14 +370,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]
                           step=restored["step"])
     history = np.asarray(restored["history"])
     start = int(restored["step"])
-    print(f"Resumed from checkpoint {latest} (iteration {start}/{steps}).",
-          flush=True)
+    logging.info("Resumed from checkpoint %d (iteration %d/%d).", latest,
+                 start, steps)
+  stop.done, stop.total = start, steps
 
   tb = reports.TensorBoard(workdir / "tensorboard")
   zero_shot = None
   if f.eval_zero_shot:
     zero_shot = _evaluate(trainer, {}, test_batches, config)
-    print(f"zero-shot top-1 {100 * zero_shot:.2f}%", flush=True)
+    logging.info("zero-shot top-1 %.2f%%", 100 * zero_shot)
     tb.write_scalars(0, {"test/zero_shot_accuracy": zero_shot})
 
   sleep = float(os.environ.get(_STEP_SLEEP_ENV, "0") or 0)
@@ -342,7 +393,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]
     pending.append((k, parts))
     if sleep:
       time.sleep(sleep)
-    last = k == steps - 1
+    # A signal (StopOnSignal) ends the job here, after a checkpoint.
+    last = k == steps - 1 or stop.signum is not None
     if (k + 1) % f.log_every == 0 or last or (k + 1) % f.checkpoint_every == 0:
       for j, p in pending:
         host = {key: float(v) for key, v in jax.device_get(p).items()}
@@ -358,19 +410,25 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]
       known = rate == rate and rate > 0
       eta = (steps - k - 1) / rate if known else None
       speed = f"{rate * tcfg.batch_size:.1f}" if known else "?"
-      print(f"iteration {k + 1}/{steps}  loss {history[k, 0]:.4f} "
-            f"(vlm {history[k, 1]:.4f})  {speed} images/s  ETA "
-            f"{format_duration(eta)}", flush=True)
+      logging.info("iteration %d/%d  loss %.4f (vlm %.4f)  %s images/s  "
+                   "ETA %s", k + 1, steps, history[k, 0], history[k, 1],
+                   speed, format_duration(eta))
     if (k + 1) % f.checkpoint_every == 0 or last:
       ckpt.save(k + 1, {"params": state.params,
                         "opt_state": state.opt_state,
                         "step": state.step, "history": history})
+      stop.done = k + 1
+    if last:
+      break
   ckpt.close()
+  if stop.signum is not None and stop.done < steps:
+    tb.close()
+    raise stop.interrupted()
   train_seconds = time.perf_counter() - t0
   done_steps = steps - start
   accuracy = _evaluate(trainer, state.params, test_batches, config)
-  print(f"test top-1 {100 * accuracy:.2f}% ({len(test_src)} images)",
-        flush=True)
+  logging.info("test top-1 %.2f%% (%d images)", 100 * accuracy,
+               len(test_src))
   tb.write_scalars(steps, {"test/accuracy": accuracy})
   tb.close()
   results = {
