@@ -80,6 +80,27 @@ def test_cli_parses_and_rejects():
   assert result.returncode != 0 and "dtype" in result.stderr
 
 
+def test_parse_option_value_is_shared_by_both_tools():
+  """One option-value parser (jaxfsl.benchmarking.driver), used by
+  tools/benchmark.py and tools/profile_step.py alike."""
+  import doctest
+
+  from jaxfsl.benchmarking import driver
+
+  parse = driver.parse_option_value
+  assert benchmarking.parse_option_value is parse
+  assert parse("TRUE") is True and parse("False") is False
+  assert parse("3") == 3 and isinstance(parse("3"), int)
+  assert parse("1e-3") == 1e-3 and parse("packed") == "packed"
+  failures, tried = doctest.testmod(driver, verbose=False)[:2]
+  assert tried >= 3 and failures == 0
+  for tool in ("benchmark.py", "profile_step.py"):
+    with open(os.path.join(ROOT, "tools", tool)) as f:
+      source = f.read()
+    assert "def _literal" not in source, tool
+    assert "parse_option_value(value)" in source, tool
+
+
 def test_vit_b16_flops():
   vision = PRESETS["clip-vit-b16"].vision
   per_image = benchmarking.vision_flops(vision)

@@ -165,14 +165,14 @@ def parse(argv=None) -> tuple[benchmarking.BenchmarkConfig |
     options["remat"] = True
   for item in args.option:
     name, _, value = item.partition("=")
-    options[name] = _literal(value)
+    options[name] = benchmarking.parse_option_value(value)
   if args.trainable_option:
     from jaxfsl.configs.base import get_config
 
     block = get_config()[args.trainable].to_dict()
     for item in args.trainable_option:
       name, _, value = item.partition("=")
-      block[name] = _literal(value)
+      block[name] = benchmarking.parse_option_value(value)
     options["trainable_config"] = block
   config = benchmarking.BenchmarkConfig(
       model=args.model, shot=args.shot,
@@ -207,18 +207,6 @@ def _size(value: str) -> tuple[int, int]:
   except ValueError:
     raise argparse.ArgumentTypeError(
         f"{value!r}: expected WIDTHxHEIGHT, e.g. 500x375") from None
-
-
-def _literal(value: str):
-  lowered = value.lower()
-  if lowered in ("true", "false"):
-    return lowered == "true"
-  for cast in (int, float):
-    try:
-      return cast(value)
-    except ValueError:
-      pass
-  return value
 
 
 def torch_reference():

@@ -162,18 +162,6 @@ def breakdown(trace_events: list[dict], ops: dict[str, tuple[str, str]],
   return dict(per_cat), per_op
 
 
-def _literal(value: str):
-  """bool, int, float or the string itself (as tools/benchmark.py)."""
-  if value.lower() in ("true", "false"):
-    return value.lower() == "true"
-  for cast in (int, float):
-    try:
-      return cast(value)
-    except ValueError:
-      pass
-  return value
-
-
 def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawTextHelpFormatter)
@@ -196,7 +184,7 @@ def main(argv=None) -> dict:
   options = {}
   for item in args.option:
     key, _, value = item.partition("=")
-    options[key] = _literal(value)
+    options[key] = benchmarking.parse_option_value(value)
   config = benchmarking.default_engine_config(args.shot, "svl_ra", **options)
   model = benchmarking.load(args.model, args.dtype)
   step = benchmarking.JaxStep(EpisodeEngine(model, config), 1)

@@ -25,7 +25,11 @@ is ``jaxfsl.flops``; its names are re-exported here.
 """
 
 from jaxfsl.benchmarking.compile import compile_cold_and_warm, compiled_memory
-from jaxfsl.benchmarking.driver import BenchmarkConfig, run
+from jaxfsl.benchmarking.driver import (
+  BenchmarkConfig,
+  parse_option_value,
+  run,
+)
 from jaxfsl.benchmarking.episodic import (
   DTYPES,
   JaxStep,
@@ -61,7 +65,8 @@ __all__ = [
     "JaxStep", "PEAK_TFLOPS", "TINY_STEP_FLOPS", "compile_cold_and_warm",
     "compiled_memory", "default_engine_config", "host_wait", "interleaved",
     "load", "load_average", "machine", "max_rss_bytes", "median",
-    "peak_memory_bytes", "peak_tflops", "run", "run_fewshot", "spread",
-    "stage_steps", "step_flops", "synthetic_episodes", "synthetic_sampler",
-    "timed", "tree_bytes", "vision_flops",
+    "parse_option_value", "peak_memory_bytes", "peak_tflops", "run",
+    "run_fewshot", "spread", "stage_steps", "step_flops",
+    "synthetic_episodes", "synthetic_sampler", "timed", "tree_bytes",
+    "vision_flops",
 ]

@@ -36,6 +36,31 @@ from jaxfsl.benchmarking.measure import (
 from jaxfsl.benchmarking.report import throughput, torch_comparison
 
 
+def parse_option_value(value: str) -> bool | int | float | str:
+  """A command-line ``NAME=VALUE`` option's VALUE as a Python value.
+
+  "true"/"false" (any case) -> bool, then int, then float; anything else is
+  returned as the string itself. Shared by ``tools/benchmark.py`` and
+  ``tools/profile_step.py`` (``--option`` / ``--trainable_option``).
+
+  >>> parse_option_value("True"), parse_option_value("false")
+  (True, False)
+  >>> parse_option_value("8"), parse_option_value("0.25")
+  (8, 0.25)
+  >>> parse_option_value("packed"), parse_option_value("")
+  ('packed', '')
+  """
+  lowered = value.lower()
+  if lowered in ("true", "false"):
+    return lowered == "true"
+  for cast in (int, float):
+    try:
+      return cast(value)
+    except ValueError:
+      pass
+  return value
+
+
 @dataclasses.dataclass
 class BenchmarkConfig:
   """What ``run`` measures (the CLI's flags).
