@@ -37,6 +37,23 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   return Mesh(np.asarray(devices), (EPISODE_AXIS,))
 
 
+def device_memory_stat(devices: Iterable[jax.Device] | None,
+                       key: str) -> list[int]:
+  """``key`` of ``Device.memory_stats()`` (e.g. "bytes_limit",
+  "peak_bytes_in_use"), one int per device of ``devices`` (default: this
+  host's) that reports it; empty where none does (CPU, or a backend whose
+  ``memory_stats`` raises or returns None)."""
+  values = []
+  for device in jax.local_devices() if devices is None else devices:
+    try:
+      stats = device.memory_stats() or {}
+    except Exception:  # noqa: BLE001 - backends without memory stats raise.
+      stats = {}
+    if key in stats:
+      values.append(int(stats[key]))
+  return values
+
+
 def episode_axis(mesh: Mesh) -> str:
   """The mesh axis episodes are sharded over: its first one."""
   return mesh.axis_names[0]

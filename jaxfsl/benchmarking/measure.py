@@ -13,6 +13,8 @@ from typing import Any
 
 import jax
 
+from jaxfsl import parallel
+
 # ------------------------------------------------------------------ timing
 
 
@@ -72,17 +74,9 @@ def peak_memory_bytes() -> tuple[int, str]:
   """(peak bytes, what was measured): the accelerator's peak bytes in use
   where ``memory_stats`` reports it (summed over local devices), else the
   process's peak RSS."""
-  total, found = 0, False
-  for device in jax.local_devices():
-    try:
-      stats = device.memory_stats() or {}
-    except Exception:  # noqa: BLE001 - backends without memory stats raise.
-      stats = {}
-    if "peak_bytes_in_use" in stats:
-      total += int(stats["peak_bytes_in_use"])
-      found = True
-  if found:
-    return total, "device_peak_bytes_in_use"
+  peaks = parallel.device_memory_stat(None, "peak_bytes_in_use")
+  if peaks:
+    return sum(peaks), "device_peak_bytes_in_use"
   return max_rss_bytes(), "process_max_rss"
 
 

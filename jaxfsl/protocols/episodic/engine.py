@@ -260,14 +260,7 @@ def device_memory_budget() -> tuple[int | None, str]:
   """(bytes, source): the smallest ``bytes_limit`` of this host's devices
   (``Device.memory_stats()``, GPU/TPU), or (None, why) where no device
   reports one (CPU)."""
-  limits = []
-  for device in jax.local_devices():
-    try:
-      stats = device.memory_stats() or {}
-    except Exception:  # noqa: BLE001 - backends without memory stats raise.
-      stats = {}
-    if "bytes_limit" in stats:
-      limits.append(int(stats["bytes_limit"]))
+  limits = parallel.device_memory_stat(None, "bytes_limit")
   if not limits:
     return None, f"{jax.local_devices()[0].platform} reports no bytes_limit"
   return min(limits), f"{jax.local_devices()[0].device_kind} bytes_limit"
