@@ -663,3 +663,31 @@ def test_inert_keys_of_another_trainable():
   c.maple.depth = 3
   c.lora.rank = 4  # Read by lora: not inert.
   assert config_lib.inert_keys(c) == ["maple.depth=3"]
+
+
+def test_load_model_builds_the_preset_model_config(monkeypatch):
+  """inputs.load_model's random-init architecture is trainable_checks'
+  preset_model_config (one implementation of the model.* overrides)."""
+  from jaxfsl.configs.base import get_config
+  from jaxfsl.protocols.episodic import inputs, trainable_checks
+
+  c = get_config()
+  c.model.checkpoint, c.model.init = "", "tiny-clip"
+  c.model.image_size, c.model.vision_depth = 32, 1
+  expected = trainable_checks.preset_model_config(c.model)
+  assert expected.vision.image_size == 32 and expected.vision.depth == 1
+  calls = []
+  real = trainable_checks.preset_model_config
+
+  def spy(model, strict=False):
+    calls.append(strict)
+    return real(model, strict=strict)
+
+  monkeypatch.setattr(trainable_checks, "preset_model_config", spy)
+  model = inputs.load_model(c)
+  assert calls == [True]
+  assert model.config == expected and model.name == "random-init tiny-clip"
+  c.model.image_size = 33  # Not a multiple of the patch.
+  assert real(c.model) is None
+  with pytest.raises(config_lib.ConfigError, match="model.image_size"):
+    inputs.load_model(c)

@@ -6,7 +6,6 @@ and ``$VARS`` expanded, also after ``=`` on a command line).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from absl import logging
 from jaxfsl.models.config import PRESETS
 from jaxfsl.models.model import Model
 from jaxfsl.paths import user_path
+from jaxfsl.protocols.episodic import trainable_checks
 from jaxfsl.protocols.episodic.batch import EpisodeBatch, make_batches
 from jaxfsl.protocols.episodic.config import ConfigError, MissingInputError
 
@@ -67,16 +67,13 @@ def load_model(config: ConfigDict) -> Model:
   dtype = jnp.dtype(config.compute_dtype)
   m = config.model
   if m.init:
-    arch = PRESETS[m.init]
-    vision = arch.vision
-    if m.image_size:
-      vision = dataclasses.replace(vision, image_size=m.image_size)
-    if m.vision_depth:
-      vision = dataclasses.replace(vision, depth=m.vision_depth)
     try:
-      arch = dataclasses.replace(arch, vision=vision)
-    except ValueError as e:
+      arch = trainable_checks.preset_model_config(m, strict=True)
+    except (ValueError, TypeError) as e:
       raise ConfigError(f"model.image_size / model.vision_depth: {e}") from e
+    if arch is None:
+      raise ConfigError(
+          f"model.init {m.init!r} is not a preset; one of {sorted(PRESETS)}")
     model = models.build(arch, seed=m.init_seed, dtype=dtype)
     model.name = f"random-init {m.init}"
     return model

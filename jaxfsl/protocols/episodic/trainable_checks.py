@@ -14,11 +14,16 @@ from jaxfsl.configs.base import TRAINABLE_BLOCKS
 from jaxfsl.configs.base import get_config as default_config
 
 
-def preset_model_config(model: ConfigDict) -> Any:
-  """The ``ModelConfig`` of a random-init job (``model.init`` with the
-  ``model.image_size`` / ``model.vision_depth`` overrides, as
-  ``inputs.load_model`` builds it), or None for a checkpoint or values that
-  other checks report."""
+def preset_model_config(model: ConfigDict, strict: bool = False) -> Any:
+  """The ``ModelConfig`` of a random-init job: ``model.init`` with the
+  ``model.image_size`` / ``model.vision_depth`` overrides (what
+  ``inputs.load_model`` builds), or None for a checkpoint or an unknown
+  preset.
+
+  Overrides the architecture rejects (e.g. an image size that is not a
+  multiple of the patch) give None, left to other checks to report, or
+  with ``strict`` raise the dataclass's ValueError / TypeError.
+  """
   import dataclasses
 
   from jaxfsl.models.config import PRESETS  # No JAX: plain dataclasses.
@@ -32,6 +37,8 @@ def preset_model_config(model: ConfigDict) -> Any:
     return dataclasses.replace(
         arch, vision=dataclasses.replace(arch.vision, **changes))
   except (ValueError, TypeError):
+    if strict:
+      raise
     return None
 
 
