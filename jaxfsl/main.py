@@ -19,9 +19,11 @@ stops after the batch in progress, saved; a second one stops at once. Set
 ``JAXFSL_MULTIHOST=1`` (or ``--config.multihost=True``) on every host of a
 multi-host job.
 
-Inputs are checked before anything is written: a bad config, config file or
-workdir is one ``ERROR:`` line (exit status 2 for the command line and
-config, 1 for missing inputs found later), with nothing created.
+Inputs are checked before anything is written: a bad config, config file,
+workdir or a missing ``model.checkpoint`` / ``model.tokenizer`` is an
+``ERROR:`` message (exit status 2 for the command line and config, 1 for
+missing inputs), with nothing created; problems found later (e.g. a dataset
+not prepared) exit with 1 after the job wrote its log.txt.
 
 This module parses flags, checks inputs, sets up logging and dispatches on
 ``config.protocol`` (``PROTOCOLS``: "episodic" ->
@@ -276,8 +278,10 @@ def _log_record(handler: py_logging.Handler, e: BaseException,
 
 
 # config.protocol -> the module that runs it: ``validate(config)`` (raises
-# naming every bad key) and ``run(config, workdir)`` (``config.restart``
-# discards a previous run).
+# naming every bad key), optionally ``check_inputs(config)`` (raises
+# MissingInputError for an input path that does not exist; called before the
+# workdir is created or written) and ``run(config, workdir)``
+# (``config.restart`` discards a previous run).
 PROTOCOLS = {
     "episodic": "jaxfsl.protocols.episodic.runner",
     "fewshot": "jaxfsl.protocols.fewshot.runner",
@@ -327,6 +331,10 @@ def main(argv: Sequence[str]) -> int:
   try:
     module = protocol_module(config)
     module.validate(config)
+    # Input files given by path (model.checkpoint, ...): a job they reject
+    # leaves the workdir as it found it (no log.txt, config.json, cache).
+    if hasattr(module, "check_inputs"):
+      module.check_inputs(config)
     # Before anything starts a JAX backend. Process 0 alone creates and
     # checks the workdir; the other processes of a multi-host job use it.
     distributed.initialize(config.get("multihost", False))
@@ -335,6 +343,8 @@ def main(argv: Sequence[str]) -> int:
                  if distributed.is_main_process()
                  else user_path(_WORKDIR.value))
     seeds = bool(config.get("seeds", ""))
+  except config_lib.MissingInputError as e:
+    _fail(str(e), 1)
   except (config_lib.UserError, ValueError, AttributeError, KeyError) as e:
     # A config's problems, named by the protocol's own validation.
     _fail(str(e))

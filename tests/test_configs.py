@@ -198,6 +198,44 @@ def test_lora_targets_and_blocks_parsing():
   assert engine.lora.targets == ("q", "v") and engine.lora.blocks == (0, 1)
 
 
+def _listing(folder):
+  return sorted((str(p.relative_to(folder)), p.read_bytes() if p.is_file()
+                 else None) for p in folder.rglob("*"))
+
+
+def test_rejected_checkpoint_leaves_the_workdir_as_found(tmp_path):
+  """A nonexistent model.checkpoint (or model.tokenizer) is refused before
+  the CLI or runner.run writes anything (log.txt, config.json, jax_cache):
+  a new workdir is not created, an existing one keeps exactly its files."""
+  work = tmp_path / "w"
+  work.mkdir()
+  (work / "notes.txt").write_text("mine")
+  (work / "config.json").write_text("{}")
+  before = _listing(work)
+  p = _cli("--config", "configs/episodic/isic.py",
+           f"--config.model.checkpoint={tmp_path}/nothing",
+           "--workdir", str(work))
+  assert p.returncode == 1 and "ERROR: model.checkpoint" in p.stderr
+  assert "Traceback" not in p.stderr
+  assert _listing(work) == before
+  new = tmp_path / "new"
+  p = _cli("--config", "configs/episodic/isic.py",
+           f"--config.model.checkpoint={tmp_path}/nothing",
+           "--workdir", str(new))
+  assert p.returncode == 1 and not new.exists()
+  c = load("isic")
+  c.model.checkpoint = str(tmp_path / "nothing")
+  with pytest.raises(config_lib.MissingInputError):
+    runner.run(c, work)
+  assert _listing(work) == before
+  (tmp_path / "empty").mkdir()
+  c.model.checkpoint = str(tmp_path / "empty")
+  c.model.tokenizer = str(tmp_path / "no_tokenizer")
+  with pytest.raises(config_lib.MissingInputError, match="model.tokenizer"):
+    runner.run(c, new)
+  assert not new.exists()
+
+
 def test_missing_checkpoint(tmp_path):
   c = load("eurosat")
   c.model.checkpoint = str(tmp_path / "no_such_model")
@@ -533,7 +571,7 @@ def test_paths_relative_config_from_another_directory(tmp_path):
 
 def test_paths_tilde_after_equals_in_workdir_and_keys(tmp_path):
   env_home = tmp_path / "home"
-  env_home.mkdir()
+  (env_home / "empty").mkdir(parents=True)
   env = dict(os.environ, JAX_PLATFORMS="cpu", HOME=str(env_home))
   env["PYTHONPATH"] = str(REPO)
   p = subprocess.run(
@@ -542,6 +580,15 @@ def test_paths_tilde_after_equals_in_workdir_and_keys(tmp_path):
       capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
   assert p.returncode == 1, p.stderr[-2000:]
   assert str(env_home / "nothing") in p.stderr
+  # A missing checkpoint is refused before the workdir is created.
+  assert not (env_home / "w").exists()
+  # An existing (empty) checkpoint folder passes the path check: the job
+  # (stopped by the unprepared dataset) logs into the expanded workdir.
+  p = subprocess.run(
+      [sys.executable, "-m", "jaxfsl.main", "--config=episodic/isic.py",
+       "--config.model.checkpoint=~/empty", "--workdir=~/w"],
+      capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+  assert p.returncode == 1, p.stderr[-2000:]
   assert (env_home / "w" / "log.txt").is_file()
   assert not (tmp_path / "~").exists()
 
@@ -575,12 +622,14 @@ def test_console_script_is_declared():
 
 def test_cli_seeds_run_one_job_per_seed_folder(tmp_path):
   """--config.seeds=3,4: one sub-job per seed in WORKDIR/seed_<s> (here the
-  first stops at the missing checkpoint, after writing its config)."""
+  first, its checkpoint path existing, stops at the unprepared dataset,
+  after writing its config)."""
   work = tmp_path / "w"
+  (tmp_path / "empty").mkdir()
   p = _cli("--config", "configs/episodic/isic.py", "--config.seeds=3,4",
-           f"--config.model.checkpoint={tmp_path}/nothing",
+           f"--config.model.checkpoint={tmp_path}/empty",
            "--workdir", str(work))
-  assert p.returncode == 1 and "ERROR: model.checkpoint" in p.stderr
+  assert p.returncode == 1 and "is not prepared" in p.stderr
   saved = json.loads((work / "seed_3" / "config.json").read_text())
   assert saved["seed"] == 3 and saved["seeds"] == ""  # One seed each.
   assert not (work / "seed_4").exists()
@@ -591,14 +640,15 @@ def test_cli_restart_flag_discards_another_configs_run(tmp_path):
   other = load("isic")
   other.shot = 5
   _saved_state(work, other)
+  (tmp_path / "empty").mkdir()  # Exists: the job gets past the check.
   args = ("--config", "configs/episodic/isic.py",
-          f"--config.model.checkpoint={tmp_path}/nothing", "--workdir",
+          f"--config.model.checkpoint={tmp_path}/empty", "--workdir",
           str(work))
   p = _cli(*args)
   assert p.returncode == 1 and "shot: 5 -> 1" in p.stderr, p.stderr[-2000:]
   assert (work / "state").is_dir()
   p = _cli(*args, "--restart")
-  assert p.returncode == 1 and "ERROR: model.checkpoint" in p.stderr
+  assert p.returncode == 1 and "is not prepared" in p.stderr
   assert not (work / "state").exists()
 
 

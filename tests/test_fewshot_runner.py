@@ -235,6 +235,20 @@ def test_resuming_with_another_config_is_refused(tmp_path):
   assert "shot: 4 -> 8" in str(e.value) and "restart" in str(e.value)
 
 
+def test_missing_checkpoint_writes_nothing(tmp_path):
+  """A nonexistent model.checkpoint is refused before the job writes
+  anything (fewshot_config.json, raw/, data/): the workdir is as found."""
+  (tmp_path / "notes.txt").write_text("mine")
+  config = job_config()
+  config.model.checkpoint, config.model.init = str(tmp_path / "none"), ""
+  with pytest.raises(FileNotFoundError, match="model.checkpoint"):
+    runner.run(config, tmp_path)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+  with pytest.raises(FileNotFoundError, match="model.checkpoint"):
+    runner.run(config, tmp_path / "new")
+  assert not (tmp_path / "new").exists()
+
+
 def test_validate_lists_every_bad_key():
   config = job_config()
   runner.validate(config)

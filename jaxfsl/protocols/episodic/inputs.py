@@ -53,6 +53,26 @@ def checkpoint_path(config: ConfigDict) -> Path | None:
   return path
 
 
+def check_inputs(config: ConfigDict) -> None:
+  """The job's input files given by path, checked before anything is
+  written into the workdir: ``model.checkpoint`` (for a checkpoint job) and
+  ``model.tokenizer`` (when set). A job they reject leaves the workdir as it
+  found it. (The dataset is checked when it is opened: the synthetic one may
+  be generated there.)
+
+  Raises:
+    MissingInputError: a path that does not exist (the checkpoint's says
+      what to download, from where, and how).
+  """
+  checkpoint_path(config)
+  tokenizer = config.model.tokenizer
+  if tokenizer and not user_path(tokenizer).exists():
+    raise MissingInputError(
+        f"model.tokenizer {tokenizer!r} does not exist "
+        f"({user_path(tokenizer)}); set it to a folder with the tokenizer "
+        "files, or to '' to use the checkpoint's own")
+
+
 def load_model(config: ConfigDict) -> Model:
   """The backbone: a checkpoint (``model.checkpoint``) or a random-init
   preset (``model.init``), computing in ``compute_dtype``.

@@ -70,10 +70,11 @@ from jaxfsl.protocols.episodic.config import (  # noqa: E402,F401 isort:skip
     ConfigError, MissingInputError, UserError, load_config, parse_blocks,
     parse_targets, resolve)
 from jaxfsl.protocols.episodic.inputs import (  # noqa: E402,F401 isort:skip
-    checkpoint_path, load_model, make_sampler, open_dataset)
+    check_inputs, checkpoint_path, load_model, make_sampler, open_dataset)
 
 ConfigDict = ml_collections.ConfigDict
-# The protocol interface ``jaxfsl.main`` dispatches to: validate, then run.
+# The protocol interface ``jaxfsl.main`` dispatches to: validate, then
+# check_inputs (before the workdir is touched), then run.
 validate = config_lib.validate
 
 # Set to 1 (or config.multihost=True) to call jax.distributed.initialize().
@@ -316,6 +317,9 @@ def run(config: ConfigDict, workdir: str | os.PathLike[str], *,
     logging.warning("These keys have no effect with trainable=%r (they "
                     "configure another trainable): %s", config.trainable,
                     ", ".join(inert))
+  # Missing input files fail before anything is written (jax_cache,
+  # config.json) or slow (a checkpoint loads slowly).
+  inputs.check_inputs(config)
   # Before anything asks JAX for devices (multi-host initialisation).
   setup_jax(config, workdir)
   config = config_lib.resolve(config, num_devices=None)
@@ -345,8 +349,6 @@ def _run(config: ConfigDict, workdir: Path, restart: bool,
                               config.to_json(indent=2))
   logging.info("Config (%s):\n%s", t_line, config)
 
-  # Missing inputs fail before anything slow (a checkpoint loads slowly).
-  inputs.checkpoint_path(config)
   # The demo's dataset is generated on first use: by process 0, before the
   # other processes of a multi-host job open it.
   with distributed.main_process_first("dataset"):

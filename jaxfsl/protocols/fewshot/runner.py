@@ -50,6 +50,7 @@ from jaxfsl.protocols.episodic.config import (
   renamed_key_message,
 )
 from jaxfsl.protocols.episodic.inputs import (  # The shared keys' readers.
+  check_inputs,
   data_dir,
   load_model,
 )
@@ -284,11 +285,16 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]
 
   Raises:
     DatasetNotPreparedError: with the prepare command.
+    MissingInputError: model.checkpoint / model.tokenizer does not exist
+      (nothing is written).
     ValueError: a config value the protocol does not support.
     ResumeError: the workdir holds a run of another config.
     Interrupted: SIGINT/SIGTERM; the iterations done are checkpointed.
   """
   workdir = Path(workdir).expanduser()
+  # A rejected job leaves the workdir as it found it.
+  validate(config)
+  check_inputs(config)
   workdir.mkdir(parents=True, exist_ok=True)
   if config.restart:
     import shutil
@@ -298,7 +304,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]
     # A kept results.json would pass a rerun of the new job as finished.
     for name in ("results.json", "summary.md"):
       (workdir / name).unlink(missing_ok=True)
-  validate(config)
   tcfg = trainer_config(config)
   check_resumable(config, workdir)
   kept = _kept_results(workdir, tcfg.steps)
