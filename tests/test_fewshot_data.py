@@ -242,3 +242,34 @@ def test_train_batches_depend_only_on_seed_and_step():
   out = list(ev.iterate())
   assert len(out) == 3 and out[-1]["images"].shape[0] == 4
   assert out[-1]["mask"].tolist() == [True, False, False, False]
+
+
+def test_short_classes_are_warned_about_and_recorded(tmp_path, caplog):
+  """shot > a class's images: sampled with replacement as CLIP-LoRA, with a
+  warning naming the class, its image count and the shot, and a record of
+  the distinct images drawn."""
+  from jaxfsl.protocols.fewshot import runner
+
+  fake.make_coop_folder(tmp_path / "raw", "caltech101", num_classes=3,
+                        counts={"train": 2, "val": 4, "test": 1},
+                        image_size=16)
+  ds = builders.prepare_fewshot("caltech101", tmp_path / "data",
+                                tmp_path / "raw", progress=False)
+  short = []
+  with caplog.at_level("WARNING"):
+    split = runner.kshot_split(ds, 3, 1, short)
+  assert len(split["train"]) == 3 * 3  # Still K per class.
+  assert len(split["val"]) == 3 * 3  # min(K, 4) = 3 <= 4 images: no warning.
+  names = fake.class_names("caltech101", 3)
+  # In order of first appearance in the split (CLIP-LoRA's draw order).
+  assert sorted((s["split"], s["label"], s["class"], s["images"], s["shots"])
+                for s in short) == [("train", y, n, 2, 3)
+                                    for y, n in enumerate(names)]
+  for s in short:
+    drawn = {r for r, y, _ in split["train"] if y == s["label"]}
+    assert s["unique"] == len(drawn) <= 2
+  warnings = [r.getMessage() for r in caplog.records
+              if r.levelname == "WARNING" and "replacement" in r.getMessage()]
+  assert len(warnings) == 3
+  assert all(f"'{s['class']}'" in w and "has 2 images" in w and "shot=3" in w
+             for s, w in zip(short, warnings, strict=True))

@@ -80,6 +80,13 @@ def test_job_learns_and_writes_its_files(reference):
       {"train": ds.items("train"), "val": ds.items("val")}, 4, 1)
   assert fsplit.read_split(workdir / "fewshot_split.json") == expected
   assert len(expected["train"]) == 4 * 4 and len(expected["val"]) == 4 * 4
+  # The generated val split has 2 images per class for min(K, 4) = 4 shots:
+  # sampled with replacement, recorded in results.json and summary.md.
+  short = on_disk["undersampled_classes"]
+  assert [(s["split"], s["images"], s["shots"]) for s in short] == [
+      ("val", 2, 4)] * 4
+  assert all(1 <= s["unique"] <= 2 for s in short)
+  assert "sampled with replacement" in (workdir / "summary.md").read_text()
 
 
 KILLED_SCRIPT = """

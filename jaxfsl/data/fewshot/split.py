@@ -26,6 +26,9 @@ import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from absl import logging
 
 from jaxfsl.data.fewshot.layouts import Item
 
@@ -38,10 +41,24 @@ def _by_label(items: Sequence[Item]) -> dict[int, list[Item]]:
 
 
 def sample_per_class(rng: random.Random, items: Sequence[Item],
-                     shots: int) -> list[Item]:
+                     shots: int, split: str = "train",
+                     short: list[dict[str, Any]] | None = None
+                     ) -> list[Item]:
   """Dassl/CLIP-LoRA ``generate_fewshot_dataset`` with ``repeat=True``.
 
-  ``shots < 1`` returns ``items`` unchanged, as the original.
+  ``shots < 1`` returns ``items`` unchanged, as the original. A class with
+  fewer than ``shots`` items is sampled with replacement, as the original
+  does silently; here a warning names the class, its image count and the
+  shots, and, given ``short``, a record ``{"split", "label", "class",
+  "images", "shots", "unique"}`` (``unique``: distinct images drawn) is
+  appended to it.
+
+  Args:
+    rng: the split's generator (drawn from exactly as the original does).
+    items: (relpath, label, classname) items in file order.
+    shots: images per class.
+    split: the split's name, for the warning and the record.
+    short: collects the records of the classes sampled with replacement.
   """
   if shots < 1:
     return list(items)
@@ -49,13 +66,27 @@ def sample_per_class(rng: random.Random, items: Sequence[Item],
   for group in _by_label(items).values():
     if len(group) >= shots:
       out.extend(rng.sample(group, shots))
-    else:
-      out.extend(rng.choices(group, k=shots))
+      continue
+    # rng.choices over indices draws what rng.choices(group, k=shots) does.
+    drawn = rng.choices(range(len(group)), k=shots)
+    out.extend(group[i] for i in drawn)
+    unique = len(set(drawn))
+    _, label, classname = group[0]
+    logging.warning(
+        "Few-shot %s split: class %r (label %d) has %d images, fewer than "
+        "shot=%d; sampled with replacement (%d distinct images).", split,
+        classname, label, len(group), shots, unique)
+    if short is not None:
+      short.append({"split": split, "label": int(label), "class": classname,
+                    "images": len(group), "shots": int(shots),
+                    "unique": unique})
   return out
 
 
 def fewshot_split(splits: dict[str, Sequence[Item]], shots: int, seed: int,
-                  imagenet: bool = False) -> dict[str, list[Item]]:
+                  imagenet: bool = False,
+                  short: list[dict[str, Any]] | None = None
+                  ) -> dict[str, list[Item]]:
   """The K-shot train and val sets CLIP-LoRA uses.
 
   Args:
@@ -65,6 +96,9 @@ def fewshot_split(splits: dict[str, Sequence[Item]], shots: int, seed: int,
     shots: K >= 1.
     seed: CLIP-LoRA's ``--seed``.
     imagenet: use ImageNet's procedure.
+    short: collects a record per class sampled with replacement (fewer
+      images than its split's shots; ``sample_per_class``), each also
+      logged as a warning.
 
   Returns:
     {"train": [...], "val": [...]} items.
@@ -77,8 +111,8 @@ def fewshot_split(splits: dict[str, Sequence[Item]], shots: int, seed: int,
     raise ValueError(f"shots must be >= 1, got {shots}")
   rng = random.Random(seed)
   if not imagenet:
-    val = sample_per_class(rng, splits["val"], min(shots, 4))
-    train = sample_per_class(rng, splits["train"], shots)
+    val = sample_per_class(rng, splits["val"], min(shots, 4), "val", short)
+    train = sample_per_class(rng, splits["train"], shots, "train", short)
     return {"train": train, "val": val}
   n_val = min(4, shots)
   train, val = [], []

@@ -17,7 +17,10 @@ What a job writes in WORKDIR:
                       results.json.
   tensorboard/        train/{total,vlm,anti_visual,relation,lr},
                       test/accuracy, test/zero_shot_accuracy.
-  results.json        the config, accuracies, per-step losses, timings.
+  results.json        the config, accuracies, per-step losses, timings;
+                      ``undersampled_classes``: the classes with fewer
+                      images than their shots (sampled with replacement,
+                      as CLIP-LoRA; also a warning in log.txt).
   summary.md          a short markdown report.
   log.txt             progress and results (absl logging; written by the
                       CLI).
@@ -174,14 +177,18 @@ def open_dataset(config: ml_collections.ConfigDict, workdir: Path
   return builders.load_fewshot(name, ddir)
 
 
-def kshot_split(ds: builders.FewshotDataset, shot: int, seed: int
+def kshot_split(ds: builders.FewshotDataset, shot: int, seed: int,
+                short: list[dict[str, Any]] | None = None
                 ) -> dict[str, list[layouts.Item]]:
-  """CLIP-LoRA's K-shot train/val items of a prepared dataset."""
+  """CLIP-LoRA's K-shot train/val items of a prepared dataset (``short``
+  collects the classes sampled with replacement: ``fsplit.fewshot_split``).
+  """
   imagenet = layouts.SPECS[ds.name].kind == "imagenet"
   splits = {"train": ds.items("train")}
   if not imagenet:
     splits["val"] = ds.items("val")
-  return fsplit.fewshot_split(splits, shot, seed, imagenet=imagenet)
+  return fsplit.fewshot_split(splits, shot, seed, imagenet=imagenet,
+                              short=short)
 
 
 class _Checkpoints:
@@ -266,6 +273,13 @@ def _summary_md(results: Mapping[str, Any]) -> str:
             f"{r['num_train_items']} K-shot train items. Training "
             f"{format_duration(r['train_seconds'])} "
             f"({r['images_per_second']:.1f} images/s)."]
+  short = r.get("undersampled_classes") or []
+  if short:
+    lines += ["", f"{len(short)} class(es) had fewer images than their "
+              "shots and were sampled with replacement: " + "; ".join(
+                  f"{s['split']} {s['class']} ({s['images']} images, "
+                  f"{s['shots']} shots, {s['unique']} distinct)"
+                  for s in short) + "."]
   if r.get("demo"):
     lines += ["", "**Pipeline check on generated data: not a result.**"]
   return "\n".join(lines) + "\n"
@@ -337,7 +351,8 @@ def _run(config: ml_collections.ConfigDict, workdir: Path,
          tcfg: TrainerConfig, stop: StopOnSignal) -> dict[str, Any]:
   f = config.fewshot
   ds = open_dataset(config, workdir)
-  split = kshot_split(ds, config.shot, config.seed)
+  short: list[dict[str, Any]] = []  # Classes with fewer images than K.
+  split = kshot_split(ds, config.shot, config.seed, short)
   fsplit.write_split(workdir / "fewshot_split.json", split)
 
   model = load_model(config)
@@ -442,6 +457,7 @@ def _run(config: ml_collections.ConfigDict, workdir: Path,
       "batch_size": tcfg.batch_size, "model": model.name,
       "num_devices": trainer.num_devices, "num_classes": ds.num_classes,
       "num_test": len(test_src), "num_train_items": len(items),
+      "undersampled_classes": short,
       "test_accuracy": accuracy, "zero_shot_accuracy": zero_shot,
       "losses": {t: history[:, i].tolist() for i, t in enumerate(TERMS)},
       "resumed_from": start, "train_seconds": train_seconds,
