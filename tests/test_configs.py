@@ -655,13 +655,55 @@ def test_cli_restart_flag_discards_another_configs_run(tmp_path):
 @pytest.mark.parametrize("variant,family,trainable,label", [
     ("svl_ra", "clip", "lora", "CLIP-LoRA + SVL + RA"),
     ("none", "pe_core", "lora", "PE-Core-LoRA"),
-    ("svl_ra", "clip", "coop", "CoOp + SVL + RA"),
+    ("svl_ra", "clip", "coop", "CoOp + RA (SVL inert)"),
+    ("svl", "clip", "coop", "CoOp (SVL inert)"),
+    ("svl_ra", "clip", "maple", "MaPLe + SVL + RA"),
     ("none", "clip", "maple", "MaPLe"),
     ("ra", "siglip", "coop", "SigLIP-CoOp + RA"),
 ])
 def test_method_labels_name_backbone_and_trainable(variant, family,
                                                     trainable, label):
   assert runner.method_label(variant, family, trainable) == label
+
+
+def test_method_label_does_not_claim_an_inert_svl():
+  """SVL's L_ad has no gradient when the image tower is frozen (CoOp,
+  text-only LoRA): the row is not labelled "+ SVL", results.json lists the
+  inert term and the summary says so."""
+  from _fake_results import fake_results
+
+  from jaxfsl.io import markdown
+
+  assert runner.inert_terms("svl_ra", tunes_vision=False) == ["anti_visual"]
+  assert runner.inert_terms("svl_ra", tunes_vision=True) == []
+  assert runner.inert_terms("ra", tunes_vision=False) == []
+  assert runner.method_label("svl_ra", "clip", "lora", tunes_vision=False) == (
+      "CLIP-LoRA + RA (SVL inert)")
+  c = load("eurosat")
+  c.method.variant, c.lora.towers = "svl_ra", "text"
+  engine = config_lib.engine_config(config_lib.resolve(c, num_devices=1))
+  assert engine.trainable_block.towers == "text"
+
+  class _Model:
+    name = "m"
+
+    class config:  # noqa: N801 - stands in for a ModelConfig.
+      family = "clip"
+
+  info = runner.describe(c, _Model, engine)
+  assert info["method"] == "CLIP-LoRA + RA (SVL inert)"
+  assert info["inert_terms"] == ["anti_visual"]
+  r = {**fake_results(), "method": info["method"], "trainable": "lora",
+       "inert_terms": info["inert_terms"]}
+  md = markdown.summary_markdown(r)
+  assert "# CLIP-LoRA + RA (SVL inert) on" in md
+  assert "SVL (L_ad) was inert" in md
+  c.lora.towers = "vision"
+  engine = config_lib.engine_config(config_lib.resolve(c, num_devices=1))
+  info = runner.describe(c, _Model, engine)
+  assert info["method"] == "CLIP-LoRA + SVL + RA"
+  assert info["inert_terms"] == []
+  assert "was inert" not in markdown.summary_markdown(fake_results())
 
 
 BAD_CONFIG_FILES = {

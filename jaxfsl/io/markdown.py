@@ -160,6 +160,10 @@ def summary_markdown(results: Mapping[str, Any]) -> str:
   lines += ["", f"Model: {r['model']} · T = {r['steps']} steps · "
             f"{r['query']} queries per class · seed {r['seed']} · episodes "
             f"{r['num_episodes']}/{r['episodes_expected']} ({status})"]
+  if "anti_visual" in (r.get("inert_terms") or []):
+    lines.append(f"SVL (L_ad) was inert: trainable {r.get('trainable')!r} "
+                 "leaves the image features fixed, so L_ad has no gradient "
+                 "and was skipped.")
   if r.get("num_nonfinite"):
     lines.append(f"**{r['num_nonfinite']} episode(s) had a non-finite "
                  "loss.**")

@@ -55,6 +55,7 @@ from absl import logging
 from jaxfsl import compile_cache, distributed, parallel
 from jaxfsl.io import aggregate, reports
 from jaxfsl.io.runstate import AdapterStore, RunState
+from jaxfsl.method.objective import MethodConfig
 from jaxfsl.models.model import Model
 from jaxfsl.paths import user_path
 from jaxfsl.protocols.episodic import config as config_lib
@@ -183,10 +184,28 @@ VARIANT_SUFFIXES = {"none": "", "svl": " + SVL", "ra": " + RA",
                     "svl_ra": " + SVL + RA", "visual": " + L_v"}
 
 
-def method_label(variant: str, family: str, trainable: str = "lora") -> str:
+def inert_terms(variant: str, tunes_vision: bool) -> list[str]:
+  """The variant's loss terms that cannot act: SVL's ``anti_visual`` (L_ad
+  depends on the image features only) when the trainable leaves the image
+  tower frozen (CoOp, text-only LoRA); the engine skips it."""
+  if not tunes_vision and "anti_visual" in MethodConfig(variant).terms:
+    return ["anti_visual"]
+  return []
+
+
+def method_label(variant: str, family: str, trainable: str = "lora",
+                 tunes_vision: bool | None = None) -> str:
   """The paper's row name: ``CLIP-LoRA + SVL + RA``, ``PE-Core-LoRA``,
-  ``CoOp + SVL + RA`` (prompt learners on CLIP, as the paper names them),
-  ``SigLIP-MaPLe``.
+  ``SigLIP-MaPLe``, ``CoOp + RA`` (prompt learners on CLIP, as the paper
+  names them). A term that cannot act is not claimed: CoOp with svl_ra is
+  ``CoOp + RA (SVL inert)`` (``inert_terms``).
+
+  Args:
+    variant: ``method.variant``.
+    family: the backbone's family ("clip", "siglip", "pe_core").
+    trainable: ``config.trainable``.
+    tunes_vision: whether the trainable adapts the image tower (default:
+      the trainable's with its default settings).
 
   Raises:
     KeyError: unknown variant.
@@ -197,7 +216,21 @@ def method_label(variant: str, family: str, trainable: str = "lora") -> str:
     base = f"{backbone}-{learner}"
   else:
     base = learner
-  return base + VARIANT_SUFFIXES[variant]
+  suffix = VARIANT_SUFFIXES[variant]
+  if tunes_vision is None:
+    tunes_vision = _tunes_vision(trainable, None)
+  if inert_terms(variant, tunes_vision):
+    return base + suffix.replace(" + SVL", "") + " (SVL inert)"
+  return base + suffix
+
+
+def _tunes_vision(trainable: str, block: Any) -> bool:
+  from jaxfsl.trainables import get_trainable
+
+  try:
+    return get_trainable(trainable, block).tunes_vision
+  except (KeyError, ValueError, TypeError):
+    return True  # An unknown trainable: claim nothing inert.
 
 
 def describe(config: ConfigDict, model: Model,
@@ -205,6 +238,8 @@ def describe(config: ConfigDict, model: Model,
   """The job's description keys of ``results.json`` (``window``: the
   [start, end) steps of the extra terms; ``eval_steps``: the steps after
   which the queries are evaluated, for the reports)."""
+  tunes_vision = _tunes_vision(config.trainable,
+                               engine_config.trainable_block)
   return {
       "dataset": config.dataset.name,
       "way": config.way, "shot": config.shot, "query": config.query,
@@ -214,7 +249,8 @@ def describe(config: ConfigDict, model: Model,
       "eval_steps": list(engine_config.evaluation_steps),
       "variant": config.method.variant,
       "method": method_label(config.method.variant, model.config.family,
-                             config.trainable),
+                             config.trainable, tunes_vision),
+      "inert_terms": inert_terms(config.method.variant, tunes_vision),
       "model": model.name,
       "demo": bool(config.demo),
       "note": DEMO_NOTE if config.demo else "",
