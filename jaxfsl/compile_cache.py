@@ -82,12 +82,26 @@ def enable(directory: str | os.PathLike | None = None,
   # the small CPU programs that tests and demos compile.
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-  from jax.experimental.compilation_cache import compilation_cache
-
   # jax initialises its cache object once, at the first compilation: make
   # it pick up this directory even if something was compiled already.
-  compilation_cache.reset_cache()
+  _reset_jax_cache()
   return path
+
+
+def _reset_jax_cache() -> None:
+  """jax's ``reset_cache()``, only where jax has initialised a cache object
+  (a compilation ran with a cache directory set): otherwise the next
+  compilation reads the directory anyway, and the reset would only log
+  "Resetting cache at <empty>"."""
+  from jax._src import compilation_cache as jax_cache
+
+  # Unknown jax internals (another version): reset, as before.
+  if (getattr(jax_cache, "_cache", object()) is None
+      and not getattr(jax_cache, "_cache_initialized", True)):
+    return
+  from jax.experimental.compilation_cache import compilation_cache
+
+  compilation_cache.reset_cache()
 
 
 class CompileMonitor:
@@ -136,6 +150,4 @@ class CompileMonitor:
 def disable() -> None:
   """Turns the persistent compilation cache off again (tests)."""
   jax.config.update("jax_compilation_cache_dir", None)
-  from jax.experimental.compilation_cache import compilation_cache
-
-  compilation_cache.reset_cache()
+  _reset_jax_cache()

@@ -94,3 +94,35 @@ def test_padded_last_batch_compiles_one_program():
   assert engine._batch_fn(False)._cache_size() == 1
   assert monitor.compiles == 1, monitor.compiles
   assert monitor.seconds > 0
+
+
+RESETS = textwrap.dedent("""
+    import logging
+    import jax, jax.numpy as jnp
+    logging.basicConfig(level=logging.INFO)
+    from jaxfsl import compile_cache
+    compile_cache.enable({a!r})  # Nothing compiled yet: nothing to reset.
+    jax.jit(lambda x: x + 1)(jnp.ones(3)).block_until_ready()
+    compile_cache.enable({b!r})  # jax's cache is at a: reset to b.
+    jax.jit(lambda x: x * 3)(jnp.ones(3)).block_until_ready()
+    compile_cache.disable()
+    compile_cache.disable()  # Already reset: nothing to reset.
+""")
+
+
+def test_cache_reset_only_when_jax_holds_a_cache(tmp_path):
+  """No "Resetting cache at <empty>" log line: enable/disable reset jax's
+  cache object only where one was initialised (and each directory still
+  receives its programs)."""
+  a, b = tmp_path / "a", tmp_path / "b"
+  env = {k: v for k, v in os.environ.items()
+         if k != compile_cache.CACHE_ENV}
+  result = subprocess.run(
+      [sys.executable, "-c", RESETS.format(a=str(a), b=str(b))], env=env,
+      capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  resets = [line for line in result.stderr.splitlines()
+            if "Resetting cache" in line]
+  assert "<empty>" not in result.stderr, resets
+  assert len(resets) == 2, resets  # enable(b) and the first disable().
+  assert list(a.iterdir()) and list(b.iterdir())
