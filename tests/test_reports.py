@@ -519,3 +519,39 @@ def test_row_labels_ignore_the_blocks_of_unused_trainables():
   labels = markdown.row_labels([coop(16, 16), *lora])
   assert "lora." not in labels[0] and "None" not in labels[0], labels
   assert "lora.rank=16" in labels[1] and "lora.rank=4" in labels[2], labels
+
+
+def test_one_episode_has_null_ci_and_every_reader_copes(tmp_path, no_plots):
+  """n = 1: every *_ci95 is null in results.json (a std of one value is no
+  95% interval); summary.md, the plots, TensorBoard, tools/summarize.py and
+  the seeds table read it without claiming "± 0.00"."""
+  r = fake_results(n=1)
+  assert r["accuracy_ci95"] is None and r["zero_shot_accuracy_ci95"] is None
+  assert r["stage_accuracy_ci95"] == [None] * 5
+  assert set(r["step_loss_ci95"].values()) == {None}
+  reports.write_all(tmp_path / "job", r)
+  text = (tmp_path / "job" / "results.json").read_text()
+  assert '"accuracy_ci95": null' in text
+  loaded = reports.load_results(tmp_path / "job")
+  assert loaded["accuracy_ci95"] is None
+  md = markdown.summary_markdown(loaded)
+  assert "±" not in md.split("## Loss terms")[0]
+  assert f"{r['accuracy_mean']:.2f}" in md
+  for figure in (plots.accuracy_figure(loaded), plots.losses_figure(loaded)):
+    plt.close(figure)
+  with metric_writer.TensorBoard(tmp_path / "tb", enabled=True) as tb:
+    tb.batch({"records": r["episodes"], "done": 1},
+             [e["accuracy"] for e in r["episodes"]])
+    tb.final(r)
+  scalars = read_scalars(tmp_path / "tb")
+  assert "running/accuracy_mean" in scalars
+  assert "running/accuracy_ci95" not in scalars
+  _write_job(tmp_path / "runs" / "a", n=1)
+  proc = _summarize(tmp_path / "runs")
+  assert proc.returncode == 0, proc.stderr
+  row = [ln for ln in proc.stdout.splitlines() if ln.startswith("| CLIP")]
+  assert len(row) == 1 and "(n=1)" in row[0] and "±" not in row[0]
+  group = markdown.seed_group([fake_results(n=1, run_seed=s)
+                               for s in (1, 2)])
+  rows = markdown.seeds_table(group).splitlines()[2:]
+  assert len(rows) == 3 and not any("±" in row for row in rows)

@@ -8,7 +8,8 @@ Units: accuracies are percentages (0-100, as the paper reports them); the
 analysis metrics are the engine's raw values (cosines, distances, gradient
 norms). The 95% interval is the CDFSL benchmark's ``1.96 * std / sqrt(n)``
 with the population standard deviation (``np.std``, ddof=0), as the release
-computes it.
+computes it; with fewer than 2 episodes there is no interval (None, null in
+results.json).
 
 An episode record (``episode_records``; one entry of ``results.json``'s
 ``episodes`` list and one row of ``results.csv``)::
@@ -69,18 +70,23 @@ def percent(fraction: Any) -> float:
   return round(100.0 * float(fraction), _ACC_DECIMALS)
 
 
-def mean_ci95(values: Iterable[float]) -> tuple[float, float]:
+def mean_ci95(values: Iterable[float]) -> tuple[float, float | None]:
   """Mean and 95% half-interval ``1.96 * std / sqrt(n)`` (std with ddof=0).
 
   Args:
-    values: n >= 1 numbers.
+    values: numbers.
 
   Returns:
-    (mean, half-width) as Python floats; (nan, nan) for no values.
+    (mean, half-width) as Python floats. The half-width is None (null in
+    results.json) for n < 2: the std of one value is 0, and "± 0.00" would
+    claim a certainty one episode does not give. The mean is nan for no
+    values.
   """
   x = np.asarray(list(values), np.float64)
   if x.size == 0:
-    return math.nan, math.nan
+    return math.nan, None
+  if x.size < 2:
+    return float(np.mean(x)), None
   return float(np.mean(x)), float(1.96 * np.std(x) / math.sqrt(x.size))
 
 
@@ -172,7 +178,8 @@ def summarize(records: Sequence[Record]) -> dict[str, Any]:
     lists, %); ``zero_shot_accuracy_mean`` / ``_ci95``; ``stage_means``
     {metric: [5]}; ``zero_shot_means`` {metric}; ``loss_means`` {term: [5]};
     ``step_loss_mean`` / ``step_loss_ci95`` {term: [T]} (per step, over
-    episodes; empty when the records have no ``step_losses``);
+    episodes; empty when the records have no ``step_losses``). Every
+    ``*_ci95`` is None (JSON null) with fewer than 2 episodes;
     ``num_nonfinite`` (episodes whose loss became NaN/inf).
   """
   records = list(records)
@@ -195,8 +202,9 @@ def summarize(records: Sequence[Record]) -> dict[str, Any]:
     x = np.stack([np.asarray(r["step_losses"][t], np.float64)
                   for r in records])
     step_mean[t] = [float(v) for v in x.mean(axis=0)]
-    step_ci[t] = [float(v) for v in
-                  1.96 * x.std(axis=0) / math.sqrt(x.shape[0])]
+    step_ci[t] = ([float(v) for v in
+                   1.96 * x.std(axis=0) / math.sqrt(x.shape[0])]
+                  if x.shape[0] >= 2 else None)  # As mean_ci95.
   return {
       "num_episodes": len(records),
       "accuracy_mean": acc_mean,

@@ -146,9 +146,14 @@ def summary_markdown(results: Mapping[str, Any]) -> str:
   lines.append("")
   if r.get("demo"):
     lines += [f"> **{r['note']}**", ""]
-  lines.append(
-      f"{r['way']}-way {r['shot']}-shot accuracy (%), mean ± 95% CI "
-      f"(1.96 std / sqrt(n)) over {r['num_episodes']} episodes:")
+  if r["num_episodes"] >= 2:
+    lines.append(
+        f"{r['way']}-way {r['shot']}-shot accuracy (%), mean ± 95% CI "
+        f"(1.96 std / sqrt(n)) over {r['num_episodes']} episodes:")
+  else:  # results.json's *_ci95 are null: one value has no interval.
+    lines.append(
+        f"{r['way']}-way {r['shot']}-shot accuracy (%) over "
+        f"{r['num_episodes']} episode (no 95% CI with fewer than 2):")
   lines.append("")
   lines.append(markdown_table(
       ["Method", label],

@@ -81,7 +81,9 @@ class TensorBoard:
           "episode/accuracy": rec["accuracy"],
           "episode/zero_shot_accuracy": rec["zero_shot_accuracy"]})
     mean, ci = aggregate.mean_ci95(accuracies)
-    scalars = {"running/accuracy_mean": mean, "running/accuracy_ci95": ci}
+    scalars = {"running/accuracy_mean": mean}
+    if ci is not None:  # None before the second episode.
+      scalars["running/accuracy_ci95"] = ci
     if progress.get("rate"):
       scalars["speed/episodes_per_hour"] = progress["rate"]
     self.write_scalars(progress["done"], scalars)

@@ -131,9 +131,13 @@ def accuracy_figure(r: Mapping[str, Any]) -> Any:
   xs, ticks, xlabel = _stage_x(r)
   fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
   means = [r["zero_shot_accuracy_mean"], *r["stage_accuracy_mean"]]
-  cis = [r["zero_shot_accuracy_ci95"], *r["stage_accuracy_ci95"]]
-  ax.errorbar(xs, means, yerr=cis, marker="o", capsize=4,
-              label=f"mean ± {CI_LABEL} (n={r['num_episodes']})")
+  # No interval (null) with fewer than 2 episodes: no error bars.
+  cis = [0.0 if c is None else c for c in
+         [r["zero_shot_accuracy_ci95"], *r["stage_accuracy_ci95"]]]
+  label = (f"mean ± {CI_LABEL} (n={r['num_episodes']})" if any(cis)
+           else f"mean (n={r['num_episodes']}, no {CI_LABEL})")
+  ax.errorbar(xs, means, yerr=cis if any(cis) else None, marker="o",
+              capsize=4, label=label)
   mark_window(ax, r)
   ax.set_xticks(xs, ticks)
   ax.set_xlabel(xlabel)
