@@ -446,7 +446,8 @@ def test_seeds_summary_equals_seed_results(seeds_job):
     assert results["complete"] and results["num_episodes"] == 3
     means.append(results["accuracy_mean"])
   assert summary["accuracy_mean"] == pytest.approx(np.mean(means))
-  assert summary["accuracy_std_over_seeds"] == pytest.approx(np.std(means))
+  assert summary["accuracy_std_over_seeds"] == pytest.approx(
+      np.std(means, ddof=1))
   assert summary["complete"]
   # Seeds are different jobs: their episodes differ.
   per_seed_acc = [[r["accuracy"] for r in json.loads(

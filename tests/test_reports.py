@@ -393,6 +393,15 @@ def test_over_seeds_is_the_mean_of_seed_means():
   assert [p["accuracy_ci95"] for p in g["per_seed"]] == [
       runs[1]["accuracy_ci95"], runs[2]["accuracy_ci95"],
       runs[0]["accuracy_ci95"]]
+  # The spread over independent runs: the sample std (ddof=1), so named.
+  means = [r["accuracy_mean"] for r in runs]
+  assert np.std(means, ddof=1) != pytest.approx(np.std(means))
+  assert g["accuracy_std_over_seeds"] == pytest.approx(np.std(means, ddof=1))
+  table = markdown.seeds_table(markdown.seed_group(runs))
+  assert f"(sample std {np.std(means, ddof=1):.2f})" in table
+  one = aggregate.over_seeds(runs[:1])
+  assert one["accuracy_std_over_seeds"] is None
+  assert "std" not in markdown.seeds_table(markdown.seed_group(runs[:1]))
 
 
 def test_over_seeds_lists_every_mismatch():

@@ -302,7 +302,9 @@ def over_seeds(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   Returns:
     dict with ``seeds`` (sorted), ``num_seeds``, ``accuracy_mean`` and
     ``zero_shot_accuracy_mean`` (means over seeds of the per-seed means, %),
-    ``accuracy_std_over_seeds`` (population std of the per-seed means),
+    ``accuracy_std_over_seeds`` (sample std, ddof=1, of the per-seed
+    means: the spread of the method over independent runs; None for one
+    seed),
     ``num_episodes`` (sum), ``complete`` (every seed complete) and
     ``per_seed``: one dict per seed with ``seed``, ``accuracy_mean``,
     ``accuracy_ci95``, ``zero_shot_accuracy_mean``,
@@ -339,7 +341,8 @@ def over_seeds(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
       "seeds": [p["seed"] for p in per_seed],
       "num_seeds": len(per_seed),
       "accuracy_mean": float(acc.mean()),
-      "accuracy_std_over_seeds": float(acc.std()),
+      "accuracy_std_over_seeds": (float(acc.std(ddof=1)) if acc.size >= 2
+                                  else None),
       "zero_shot_accuracy_mean": float(zs.mean()),
       "num_episodes": int(sum(p["num_episodes"] for p in per_seed)),
       "complete": all(p["complete"] for p in per_seed),

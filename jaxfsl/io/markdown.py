@@ -390,7 +390,7 @@ def seed_group(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def seeds_table(group: Mapping[str, Any], digits: int = 2) -> str:
   """Per-seed table of a ``seed_group`` / ``aggregate.over_seeds`` result:
   one row per seed (mean ± 95% CI over episodes, n), then the mean over
-  seeds (and the std of the per-seed means)."""
+  seeds (and the sample std, ddof=1, of the per-seed means)."""
   rows = [[str(p["seed"]),
            aggregate.format_mean_ci(p["accuracy_mean"], p["accuracy_ci95"],
                                     digits)
@@ -398,9 +398,10 @@ def seeds_table(group: Mapping[str, Any], digits: int = 2) -> str:
            aggregate.format_mean_ci(p["zero_shot_accuracy_mean"],
                                     p["zero_shot_accuracy_ci95"], digits),
            str(p["num_episodes"])] for p in group["per_seed"]]
+  std = group["accuracy_std_over_seeds"]  # None for one seed.
   rows.append([f"mean over {group['num_seeds']} seeds",
-               f"{group['accuracy_mean']:.{digits}f} (std "
-               f"{group['accuracy_std_over_seeds']:.{digits}f})",
+               f"{group['accuracy_mean']:.{digits}f}" + (
+                   "" if std is None else f" (sample std {std:.{digits}f})"),
                f"{group['zero_shot_accuracy_mean']:.{digits}f}",
                str(group["num_episodes"])])
   return markdown_table(["seed", "accuracy (%), mean ± 95% CI",

@@ -11,7 +11,7 @@ multi-seed job rerun with the same command continues where it stopped), then
   (``1.96 std / sqrt(n)``), the same for the zero-shot accuracy, the
   episode count, whether it completed;
 * over seeds: the mean of the per-seed means (final and zero-shot) and the
-  population std of the per-seed final accuracies.
+  sample std (ddof=1) of the per-seed final accuracies.
 
 With ``eval_only`` the summary of the re-evaluated seeds goes to
 ``WORKDIR/eval_only/``.
@@ -122,7 +122,8 @@ def run_seeds(config: runner.ConfigDict, workdir: str | os.PathLike[str], *,
   summary = aggregate.over_seeds(runs)
   if jax.process_index() == 0:
     reports.write_seeds_summary(out, runs)
-  logging.info("seeds %s: accuracy %s %% (std over seeds %.2f)", list(seeds),
+  std = summary["accuracy_std_over_seeds"]
+  logging.info("seeds %s: accuracy %s %%%s", list(seeds),
                f"{summary['accuracy_mean']:.2f}",
-               summary["accuracy_std_over_seeds"])
+               "" if std is None else f" (sample std over seeds {std:.2f})")
   return summary
