@@ -1,6 +1,6 @@
 """MaPLe on PE-Core: the prompted image features against an independent
-PyTorch reference, the frozen patch-embedding path, the episode engine, and
-what prompt learners still refuse.
+PyTorch reference, the frozen patch-embedding path, the episode engine, what
+prompt learners still refuse, and CoOp's identity on PE-Core's text tower.
 
 The reference is written here from MaPLe's public semantics
 (``muzairkhattak/multimodal-prompt-learning`` ``clip/model.py``
@@ -238,3 +238,27 @@ def test_prompts_get_the_identity_rotation(tiny):
   assert padded.shape == (angles.shape[0] + N_CTX, 32)
   np.testing.assert_array_equal(padded[:-N_CTX], angles)
   assert not padded[-N_CTX:].any() and not padded[0].any()  # as the cls row
+
+
+def test_coop_on_pe_core_text_tower_identity(tiny):
+  """CoOp needs only the text tower (PE-Core's is the shared one): from
+  ``ctx_init="a photo of a"`` it gives, before any step, the plain prompts'
+  text features (the user-checkable identity of issue 12)."""
+  from jaxfsl.trainables.coop import CoopConfig, CoopTrainable
+
+  coop = CoopTrainable(CoopConfig(ctx_init="a photo of a")).bind(tiny)
+  tree = coop.init(jax.random.PRNGKey(0), tiny.params, tiny.config)
+  ids = jnp.asarray(tiny.tokenize([f"a photo of a {n}." for n in
+                                   ("dog", "sea lion", "car")]))
+  module = TwoTowers(tiny.config, **coop.module_kwargs())
+  prompted = module.apply({"params": tiny.params, "prompts": tree}, ids,
+                          method="encode_text")
+  np.testing.assert_allclose(_unit(prompted), _unit(tiny.encode_text(
+      ["a photo of a dog.", "a photo of a sea lion.", "a photo of a car."])),
+                             atol=1e-5)
+  # (A per-vector constant shift would not do: the pre-LNs remove it.)
+  noise = 0.5 * jax.random.normal(jax.random.PRNGKey(1), tree["ctx"].shape)
+  moved = module.apply({"params": tiny.params,
+                        "prompts": {"ctx": tree["ctx"] + noise}}, ids,
+                       method="encode_text")
+  assert np.abs(_unit(moved) - _unit(prompted)).max() > 1e-3
