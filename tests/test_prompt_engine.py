@@ -2,8 +2,9 @@
 losses fall, accuracy moves off zero-shot, RA reaches the prompts, SVL is
 skipped for CoOp (image features fixed), batch 1 equals batch 4 (to Adam's
 float drift over 20 steps); the job's prompt template reaches the learners,
-``optim.name="trainable"`` gives the originals' SGD, and a MaPLe depth
-beyond the model is refused naming key, value and depths."""
+``optim.name="trainable"`` gives the originals' SGD, a MaPLe depth beyond
+the model is refused naming key, value and depths, and validate accepts the
+prompt learners on PE-Core."""
 
 import jax
 import jax.numpy as jnp
@@ -144,16 +145,25 @@ def test_maple_depth_beyond_the_model_names_key_value_and_depth(model):
       "1); expected maple.depth <= 1")
 
 
-def test_prompt_learner_on_a_tower_without_hooks_is_a_config_error():
-  # PE-Core's ViT is the family's own module: refused by validate, before
-  # the job builds or writes anything.
+def test_prompt_learners_on_pe_core_pass_validate_depth_still_checked():
+  # PE-Core's ViT is the family's own module with MaPLe's prompt hooks:
+  # validate accepts MaPLe and CoOp on it, and still refuses a depth beyond
+  # its blocks before the job builds or writes anything. (A vision-only
+  # PE-Core checkpoint's stand-in text tower is still refused:
+  # tests/test_maple_pe.py.)
   from jaxfsl.protocols.episodic import config as config_lib
 
   job = config_lib.load_config("episodic/demo.py")
   job.model.init = "pe-core-tiny"
   job.trainable = "maple"
   job.maple.depth = 2
+  config_lib.validate(job)
+  job.trainable = "coop"
+  config_lib.validate(job)
+  job.trainable = "maple"
+  job.maple.depth = 3
   with pytest.raises(config_lib.ConfigError) as e:
     config_lib.validate(job)
-  assert str(e.value).startswith("maple: the vision tower(s) of this "
-                                 "pe_core model are the family's own")
+  assert str(e.value) == (
+      "maple.depth=3 exceeds the model's blocks (text tower 2, vision tower "
+      "2); expected maple.depth <= 2")

@@ -455,11 +455,13 @@ def test_maple_trainable(clip):
   model = dataclasses.replace(model, tokenizer=WordTokenizer(True, EOS))
   with pytest.raises(ValueError, match=r"maple.depth=9 exceeds.*depth <= 3"):
     _bound("maple", None, model)
-  # A family's own tower module (PE-Core's RoPE ViT) has no prompt hooks.
+  # A family's own tower module without PROMPT_HOOKS takes no prompts
+  # (PE-Core's RoPE ViT has them: tests/test_maple_pe.py).
   own = type("OwnVision", (type(model.config.vision),), {"TOWER": "m:Tower"})
   other = dataclasses.replace(model, config=dataclasses.replace(
       model.config, vision=own(**dataclasses.asdict(model.config.vision))))
-  with pytest.raises(ValueError, match="maple: the vision tower.*no prompt"):
+  with pytest.raises(ValueError,
+                     match=r"maple: the vision \(OwnVision\) tower.*no prompt"):
     _bound("maple", {"depth": 3}, other)
   _bound("coop", {"n_ctx": 2}, other)  # CoOp only needs the text tower
   maple = _bound("maple", {"depth": 3}, model)

@@ -122,7 +122,8 @@ def get_config(arg=None):
   config.coop.class_token_position = "end"  # end | middle | front
   config.coop.init_std = 0.02  # Std of the random initialisation.
 
-  # MaPLe, trainable "maple" (jaxfsl.trainables.maple.MapleConfig).
+  # MaPLe, trainable "maple" (jaxfsl.trainables.maple.MapleConfig): CLIP,
+  # SigLIP and PE-Core (not a vision-only checkpoint); depth <= both towers'.
   config.maple = ml_collections.ConfigDict()
   config.maple.n_ctx = 2  # Learned prompt tokens per layer.
   # Init phrase of the layer-0 text prompts ('': random).

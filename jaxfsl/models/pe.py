@@ -20,6 +20,17 @@ The tower exposes the same ``embed`` / ``encode_tokens`` split as
 ``jaxfsl.models.vit.VisionTower``, so the episode engine's frozen
 patch-embedding cache works unchanged, and its blocks are the shared
 ``layers.Block`` (LoRA on the packed q | k | v projection as for CLIP).
+
+MaPLe's vision prompts (``encode_tokens(..., prompt=...)``) follow the
+shared semantics of ``jaxfsl.models.prompting``, as in ``VisionTower``:
+appended after the image tokens once the position embedding is added
+(before ``ln_pre``, as CLIP's), replaced before blocks 1..J-1, dropped
+before ``ln_post`` and the attention pooling (which then attends over the
+class token and the patches, as without prompts: SigLIP's MAP head is
+treated the same way). Under RoPE the prompts are not rotated (cos 1,
+sin 0), like the class token: they have no grid position
+(``VisionPrompt.rope_angles``). The prompts enter after the patch
+embedding, so the frozen-embedding cache still applies.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ import numpy as np
 
 from jaxfsl.models.families.pe_core import AbsentTextConfig, PeVisionConfig
 from jaxfsl.models.layers import Dense, LayerNorm
+from jaxfsl.models.prompting import VisionPrompt
 from jaxfsl.models.tower import Tower, image_encoder_params
 from jaxfsl.models.vit import MapHead, PatchEmbed
 
@@ -141,7 +153,8 @@ class PeVisionTower(Tower):
           f"{shape}")
     return self.patch_embed(pixels)
 
-  def encode_tokens(self, tokens: Array, deterministic: bool = True) -> Array:
+  def encode_tokens(self, tokens: Array, deterministic: bool = True,
+                    prompt: VisionPrompt | None = None) -> Array:
     """The forward pass after ``embed``.
 
     Args:
@@ -149,6 +162,11 @@ class PeVisionTower(Tower):
         position embedding is resampled and RoPE uses the new grid's integer
         positions (perception_models' rule).
       deterministic: False enables LoRA dropout (needs a "dropout" rng).
+      prompt: optional MaPLe vision prompts (``jaxfsl.models.prompting``),
+        n of them: appended after the position embedding ([N, T + n, W],
+        T = g'*g' (+1 with a class token)), unrotated by RoPE (angle 0, as
+        the class token), replaced before blocks 1..J-1 and dropped before
+        ``ln_post`` and the attention pooling; None runs the plain tower.
 
     Returns:
       float32 [N, E] projected (not normalised) image features.
@@ -167,19 +185,29 @@ class PeVisionTower(Tower):
       x = jnp.concatenate([cls, x], axis=1)
     pos = resample_pos_embed(self.pos_embed, c.grid, grid, c.class_token)
     x = x + pos.astype(self.dtype)
+    if prompt is not None:
+      x = prompt.embed(x)
     x = self.ln_pre(x)
     # Constants of the (static) grid: folded into the compiled program.
     angles = rope_2d_angles(grid, c.width // c.heads, c.class_token,
                             c.rope_theta)
+    if prompt is not None:
+      angles = prompt.rope_angles(angles)
     rope = (jnp.asarray(np.cos(angles)), jnp.asarray(np.sin(angles)))
-    for block in self.blocks:
+    for i, block in enumerate(self.blocks):
+      if prompt is not None:
+        x = prompt.before_block(i, x)
       x = block(x, None, deterministic, None, rope)
+    if prompt is not None:
+      x = prompt.strip(x)
     pooled = self.map_head(self.ln_post(x))
     return self.proj(pooled).astype(jnp.float32)
 
-  def __call__(self, pixels: Array, deterministic: bool = True) -> Array:
-    """float [N, S, S, 3] -> float32 [N, E] image features."""
-    return self.encode_tokens(self.embed(pixels), deterministic)
+  def __call__(self, pixels: Array, deterministic: bool = True,
+               prompt: VisionPrompt | None = None) -> Array:
+    """float [N, S, S, 3] -> float32 [N, E] image features (``prompt`` as
+    in ``encode_tokens``)."""
+    return self.encode_tokens(self.embed(pixels), deterministic, prompt)
 
 
 class AbsentTextTower(Tower):

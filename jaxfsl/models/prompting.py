@@ -34,9 +34,15 @@ Semantics (public references: CoOp, Zhou et al., IJCV 2022,
   once the position embeddings are added (before CLIP's ln_pre); before block
   ``i`` (1 <= i < J) the last ``n`` tokens are replaced by
   ``deep_proj_i(deep_ctx[i-1])``. The image feature is read where the family
-  reads it: CLIP's class token; SigLIP's attention-pooling head sees the image
-  tokens only (the prompts are dropped after the last block; our choice, as
-  MaPLe's class-token readout ignores them too).
+  reads it: CLIP's class token; the attention-pooling heads of SigLIP and
+  PE-Core see the image tokens only (class token included for PE-Core; the
+  prompts are dropped after the last block; our choice, as MaPLe's
+  class-token readout ignores them too).
+* Vision, RoPE (PE-Core): the prompts get the identity rotation (angle 0:
+  cos 1, sin 0), as PE-Core's own class token does. They have no spatial
+  position (no position embedding either), and an unrotated key scores the
+  same against a query wherever that query sits in the grid
+  (``VisionPrompt.rope_angles``).
 
 ``start`` is 1 for tokenizers that put a start-of-text token first (CLIP,
 PE-Core) and 0 for those that do not (SigLIP): the context begins where the
@@ -51,6 +57,7 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 Position = Literal["end", "middle", "front"]
@@ -322,7 +329,8 @@ class TextPrompt:
 
 
 class VisionPrompt:
-  """Hooks a ``VisionTower`` calls when given MaPLe's vision prompts.
+  """Hooks an image tower (``vit.VisionTower``, ``pe.PeVisionTower``) calls
+  when given MaPLe's vision prompts.
 
   Attributes:
     shallow: [n, Wv] prompts appended after the image tokens.
@@ -348,3 +356,18 @@ class VisionPrompt:
   def strip(self, x: Array) -> Array:
     """[N, T + n, W] -> [N, T, W]: the image tokens only."""
     return x[:, :-self.n_ctx]
+
+  def rope_angles(self, angles: np.ndarray) -> np.ndarray:
+    """Rotary angles of the image tokens [T, D] -> [T + n, D]: the appended
+    prompts get zero angles (cos 1, sin 0), the identity rotation.
+
+    Why: the prompts carry no position (no position embedding, MaPLe) and
+    stand for no grid cell, so they take the rotation of the one token that
+    has no grid cell either, PE-Core's class token (unrotated in
+    perception_models ``rope.py``). With q.k under RoPE depending on the
+    angle difference, an unrotated prompt key is seen alike from every
+    patch position, and an unrotated prompt query sees every key at its
+    own absolute angle, as the class token does.
+    """
+    pad = np.zeros((self.n_ctx,) + angles.shape[1:], angles.dtype)
+    return np.concatenate([angles, pad], axis=0)

@@ -50,16 +50,26 @@ def config_from_block(cls: type, block: Any, key: str) -> Any:
   return cls(**dict(block))
 
 
+def takes_prompts(tower_config: Any) -> bool:
+  """Whether a tower's module takes prompt hooks: the shared ``TextTower`` /
+  ``VisionTower`` (config class without ``TOWER``) do, and a family's own
+  module does when its config class says ``PROMPT_HOOKS = True`` (PE-Core's
+  vision tower; not the stand-in text tower of a vision-only checkpoint)."""
+  cls = type(tower_config)
+  return (not getattr(cls, "TOWER", None)
+          or bool(getattr(cls, "PROMPT_HOOKS", False)))
+
+
 def prompt_tower_problems(model_config: Any, towers: Sequence[str],
                           key: str) -> list[str]:
-  """The towers that are a family's own module (its config class names one
-  as ``TOWER``), as one message: only the shared ``TextTower`` /
-  ``VisionTower`` take prompt hooks."""
-  bad = [t for t in towers
-         if getattr(type(getattr(model_config, t)), "TOWER", None)]
+  """The ``towers`` ("vision", "text") whose module takes no prompt hooks
+  (``takes_prompts``), as one message naming each tower's config class."""
+  bad = [t for t in towers if not takes_prompts(getattr(model_config, t))]
   if not bad:
     return []
-  return [f"{key}: the {' and '.join(bad)} tower(s) of this "
+  named = " and ".join(
+      f"{t} ({type(getattr(model_config, t)).__name__})" for t in bad)
+  return [f"{key}: the {named} tower(s) of this "
           f"{getattr(model_config, 'family', '?')} model are the family's "
           "own modules, which take no prompt hooks (jaxfsl.models.prompting)"]
 

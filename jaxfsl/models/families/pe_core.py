@@ -58,9 +58,13 @@ class PeVisionConfig(VisionConfig):
       whatever the tower's own head count).
     pool_mlp_dim: hidden width of the pooling MLP (4 W in PE-Core).
     rope_theta: RoPE base (10000).
+
+  ``PROMPT_HOOKS``: the tower takes MaPLe's vision prompts (``pe.py``), so
+  prompt learners accept it although it is the family's own module.
   """
 
   TOWER: ClassVar[str] = "jaxfsl.models.pe:PeVisionTower"
+  PROMPT_HOOKS: ClassVar[bool] = True
 
   act: str = "gelu"
   pool: str = "map"
