@@ -525,6 +525,34 @@ def test_clean_exit_bad_config_value_creates_nothing(tmp_path):
   assert not work.exists()
 
 
+@pytest.mark.parametrize("flags,expected", [
+    (("--config.trainable=coop", "--config.coop.n_ctx=40"),
+     "ERROR: coop.n_ctx=40 does not fit in the model's text context of 32 "
+     "tokens with a class name (at most 29)"),
+    (("--config.trainable=coop", "--config.coop.ctx_init=" + " ".join(
+        ["a photo"] * 20)),
+     "tokenises to 30 tokens (or more: truncated), which leaves no room for "
+     "a class name in the model's text context of 32 tokens; expected at "
+     "most 29 tokens"),
+    (("--config.trainable=maple", "--config.maple.depth=2",
+      "--config.maple.n_ctx=6"),
+     "ERROR: maple.n_ctx=6 exceeds the 4 tokens of maple.ctx_init='a photo "
+     "of a'"),
+], ids=["coop_n_ctx", "coop_ctx_init", "maple_n_ctx"])
+def test_clean_exit_prompt_settings_that_do_not_fit_create_nothing(
+    tmp_path, flags, expected):
+  # A random-init model's tokenizer is known unbuilt: settings it cannot
+  # take were refused only after config.json, data/ and jax_cache/ were
+  # written (and a too-long ctx_init not at all: every class name was
+  # truncated away).
+  work = tmp_path / "w"
+  line = _one_error_line(_cli("--config", "configs/episodic/demo.py",
+                              "--config.model.init=pe-core-tiny", *flags,
+                              "--workdir", str(work)))
+  assert expected in line
+  assert not work.exists()
+
+
 def test_clean_exit_unknown_protocol(tmp_path):
   line = _one_error_line(_cli("--config", "configs/episodic/demo.py",
                               "--config.protocol=nope",

@@ -413,6 +413,27 @@ def test_coop_ctx_init_equals_plain_prompt(clip, siglip, family, caplog):
   assert ref.max_normalized_diff(moved, plain) > 1e-3
 
 
+def test_an_init_phrase_must_leave_room_for_the_class_name():
+  # A ctx_init as long as the context (or longer: the tokenizer truncates
+  # it) used to bind, and every class prompt lost its name to truncation.
+  from jaxfsl.trainables.base import TrainableConfigError
+  from jaxfsl.trainables.prompt_learner import PromptText
+
+  tok = WordTokenizer(True, EOS)  # [bos] .. [eos] in 16: 13 words + a name
+  fits = " ".join(f"w{i}" for i in range(13))
+  for key, sets in (("coop", True), ("maple", False)):
+    text = PromptText.resolve(tok, 2, fits, phrase_sets_n_ctx=sets, key=key)
+    assert len(text.prefix_ids) == 13
+    for words in (14, 40):
+      phrase = " ".join(f"w{i}" for i in range(words))
+      with pytest.raises(TrainableConfigError) as e:
+        PromptText.resolve(tok, 2, phrase, phrase_sets_n_ctx=sets, key=key)
+      assert str(e.value) == (
+          f"{key}.ctx_init={phrase!r} tokenises to 14 tokens (or more: "
+          "truncated), which leaves no room for a class name in the model's "
+          "text context of 16 tokens; expected at most 13 tokens")
+
+
 def test_coop_trainable_random_init_and_settings(clip):
   import dataclasses
   _, model = clip

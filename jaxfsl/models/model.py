@@ -129,6 +129,22 @@ def _apply(module, variables, method, inputs, train, rng):
   return _apply_jit(module, variables, method, inputs, bool(train), rng)
 
 
+def random_init_tokenizer(config: ModelConfig) -> Tokenizer:
+  """The tokenizer ``build`` attaches when given none: the family's default
+  (``Family.default_tokenizer``), else a deterministic byte-level tokenizer
+  sized to the config's vocabulary. Needs no parameters (the job's config
+  checks use it before building anything)."""
+  family = families.get(config.family)
+  tokenizer = None
+  if family.default_tokenizer is not None:
+    tokenizer = family.default_tokenizer(config.text)
+  if tokenizer is None:
+    from jaxfsl.tokenizers import ByteTokenizer
+    tokenizer = ByteTokenizer(config.text.vocab_size,
+                              config.text.context_length)
+  return tokenizer
+
+
 def build(config: ModelConfig | str, seed: int = 0,
           tokenizer: Tokenizer | None = None, dtype: Any = jnp.float32
           ) -> Model:
@@ -150,12 +166,8 @@ def build(config: ModelConfig | str, seed: int = 0,
     config = families.PRESETS[config]
   family = families.get(config.family)
   params = init_params(config, jax.random.PRNGKey(seed))
-  if tokenizer is None and family.default_tokenizer is not None:
-    tokenizer = family.default_tokenizer(config.text)
   if tokenizer is None:
-    from jaxfsl.tokenizers import ByteTokenizer
-    tokenizer = ByteTokenizer(config.text.vocab_size,
-                              config.text.context_length)
+    tokenizer = random_init_tokenizer(config)
   return Model(config=config, params=params, tokenizer=tokenizer,
                preprocessing=family.preprocessing(config.vision.image_size),
                dtype=dtype, name=f"random-init:{name}")

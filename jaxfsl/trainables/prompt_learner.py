@@ -198,6 +198,15 @@ class PromptText:
           f"{len(empty) - start - 2})")
     if phrase:
       ids = _content(np.asarray(tokenizer([phrase]))[0], start, eos_id)
+      # The whole phrase stays in the prompt (CoOp: all of it is learned;
+      # MaPLe: the rest is fixed text), so it needs the same room. A phrase
+      # the tokenizer truncated fills the context and fails here too.
+      if start + len(ids) + 2 > len(empty):
+        raise TrainableConfigError(
+            f"{key}.ctx_init={ctx_init!r} tokenises to {len(ids)} tokens "
+            f"(or more: truncated), which leaves no room for a class name "
+            f"in the model's text context of {len(empty)} tokens; expected "
+            f"at most {len(empty) - start - 2} tokens")
       if phrase_sets_n_ctx:
         if n_ctx != len(ids):
           logging.info("%s.n_ctx=%d overridden to %d, the token count of "

@@ -50,6 +50,7 @@ from jaxfsl.protocols.episodic.errors import (  # noqa: F401 - re-exported.
 )
 from jaxfsl.protocols.episodic.trainable_checks import (  # noqa: F401
   TRAINABLE_BLOCKS,  # Re-exported: config_lib.inert_keys etc. keep working.
+  bind_problems,
   inert_keys,
   preset_model_config,
 )
@@ -191,7 +192,12 @@ def job_problems(config: ConfigDict) -> list[str]:
       # anything is written when the model's config is known unbuilt.
       preset = preset_model_config(c.model)
       if preset is not None:
-        problems += trainable.model_problems(preset)
+        misfits = trainable.model_problems(preset)
+        if not misfits and c.prompt.count("{}") == 1:
+          # Its tokenizer is known too: n_ctx / ctx_init against the text
+          # context (the template is checked below).
+          misfits = bind_problems(trainable, preset, c)
+        problems += misfits
   if c.seeds:
     from jaxfsl.protocols.episodic import seeds  # Imports the runner (JAX).
 

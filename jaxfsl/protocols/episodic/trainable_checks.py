@@ -1,7 +1,9 @@
 """How a job's trainable relates to the rest of its config, checked without
 building anything: the random-init model a trainable will meet
-(``preset_model_config``, for MaPLe's depth) and the keys of the other
-trainables' blocks that the job sets but never reads (``inert_keys``).
+(``preset_model_config``, for MaPLe's depth), what a prompt learner's
+settings make of that model's tokenizer (``bind_problems``) and the keys of
+the other trainables' blocks that the job sets but never reads
+(``inert_keys``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,30 @@ def preset_model_config(model: ConfigDict, strict: bool = False) -> Any:
     if strict:
       raise
     return None
+
+
+def bind_problems(trainable: Any, model_config: Any, config: ConfigDict
+                  ) -> list[str]:
+  """What ``trainable.bind`` (prompt learners) refuses against a random-init
+  model's tokenizer (``n_ctx`` or ``ctx_init`` that leaves no room for a
+  class name, MaPLe's ``n_ctx`` beyond its init phrase, ...), reported before
+  anything is written; empty for trainables without ``bind``.
+  """
+  if not hasattr(trainable, "bind"):
+    return []
+  import types
+
+  from jaxfsl.models.model import random_init_tokenizer
+  from jaxfsl.trainables.base import TrainableConfigError
+
+  # bind reads the model's config and tokenizer only: no parameters.
+  model = types.SimpleNamespace(config=model_config,
+                                tokenizer=random_init_tokenizer(model_config))
+  try:
+    trainable.bind(model, config.way, template=config.prompt)
+  except TrainableConfigError as e:
+    return [str(e)]
+  return []
 
 
 def inert_keys(config: ConfigDict) -> list[str]:
