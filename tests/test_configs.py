@@ -553,6 +553,24 @@ def test_clean_exit_prompt_settings_that_do_not_fit_create_nothing(
   assert not work.exists()
 
 
+def test_prompt_learner_that_would_cut_class_names_is_refused(tmp_path):
+  # pe-core-tiny's 32-token context: with 27 context vectors the prompts of
+  # 'cyan checkerboard' and 'orange striped square' were cut (with 29 every
+  # name kept one token, and 'green square' / 'green circle' shared a
+  # prompt), silently.
+  p = _cli("--config", "configs/episodic/demo.py",
+           "--config.model.init=pe-core-tiny", "--config.trainable=coop",
+           "--config.coop.n_ctx=27", "--config.episodes=1",
+           "--workdir", str(tmp_path / "w"))
+  line = _one_error_line(p, status=1)
+  assert line == (
+      "ERROR: coop.n_ctx=27 leaves too little room in the model's text "
+      "context (32 tokens) for the class names ['cyan checkerboard', "
+      "'orange striped square'] (2 of 10 classes): their prompts would be "
+      "cut; expected coop.n_ctx <= 24 (model random-init pe-core-tiny)")
+  assert not (tmp_path / "w" / "state").exists()
+
+
 def test_clean_exit_unknown_protocol(tmp_path):
   line = _one_error_line(_cli("--config", "configs/episodic/demo.py",
                               "--config.protocol=nope",

@@ -434,6 +434,24 @@ def test_an_init_phrase_must_leave_room_for_the_class_name():
           "text context of 16 tokens; expected at most 13 tokens")
 
 
+def test_cut_class_names_are_the_prompts_that_do_not_fit(clip):
+  # 16-token context, [bos] .. "." [eos]: with 8 placeholders a name of up
+  # to 5 words fits; "a photo of a" (4 words) is replaced by the 8.
+  import dataclasses
+  _, model = clip
+  model = dataclasses.replace(model, tokenizer=WordTokenizer(True, EOS))
+  names = ["dog", "a b c d e", "a b c d e f", "a b c d e f g h i j k"]
+  coop = _bound("coop", {"n_ctx": 8}, model)
+  assert coop.cut_class_names(model.tokenizer, names) == {
+      "a b c d e f": 1, "a b c d e f g h i j k": 4}
+  # The last one: its plain prompt was itself cut at 16 (counted as full).
+  assert _bound("coop", {"n_ctx": 3}, model).cut_class_names(
+      model.tokenizer, names) == {}
+  # MaPLe's prompts are the plain ones: nothing is cut that was not.
+  maple = _bound("maple", {"depth": 2}, model)
+  assert maple.cut_class_names(model.tokenizer, names) == {}
+
+
 def test_coop_trainable_random_init_and_settings(clip):
   import dataclasses
   _, model = clip

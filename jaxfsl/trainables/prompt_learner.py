@@ -316,6 +316,27 @@ class PromptLearner(Trainable):
     the text tower's rewrite of the plain prompts equals; for inspection)."""
     return self._bound().text_ids(tokenizer, class_names)
 
+  def cut_class_names(self, tokenizer: Any, class_names: Sequence[str],
+                      template: str = DEFAULT_TEMPLATE) -> dict[str, int]:
+    """The class names that this learner's prompts cut, each with how many
+    tokens its prompt is over the text context: the plain prompt
+    ``template.format(name)`` (what the engine tokenises) rewritten with
+    this learner's prefix would not fit, so the text tower would see part
+    of the name (or none), and two classes can get the same prompt (e.g.
+    "green square" and "green circle" both "green"). Empty when all fit."""
+    t = self._bound()
+    ids = np.asarray(tokenizer([template.format(n) for n in class_names]))
+    length = ids.shape[1]
+    grow = len(t.prefix_ids) - t.template_prefix_len
+    out = {}
+    for name, row in zip(class_names, ids, strict=True):
+      # A plain row that was itself cut fills the context: counted as full.
+      over = (t.start + len(_content(row, t.start, t.eos_id)) + grow + 1
+              - length)
+      if over > 0:
+        out[name] = over
+    return out
+
   def phrase_context(self, backbone_params: dict) -> jax.Array:
     """float32 [n_ctx, Wt]: the init phrase's first n_ctx token embeddings
     (the frozen ``txt/token_embed`` table, never copied otherwise)."""

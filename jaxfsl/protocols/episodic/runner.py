@@ -43,7 +43,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -376,6 +376,37 @@ def run(config: ConfigDict, workdir: str | os.PathLike[str], *,
       raise stop.interrupted() from None
 
 
+def _check_prompt_room(engine: Any, model: Any, names: Sequence[str],
+                       config: ConfigDict) -> None:
+  """A prompt learner whose context leaves too little room for some of the
+  dataset's class names (their prompts would be cut, two classes can share
+  one): a ConfigError naming the key, its value, the classes and the
+  longest context that fits them."""
+  trainable = engine.trainable
+  if not hasattr(trainable, "cut_class_names"):
+    return
+  cut = trainable.cut_class_names(model.tokenizer, names, config.prompt)
+  if not cut:
+    return
+  key, over = trainable.name, max(cut.values())
+  text = trainable.prompt_text
+  block = config[key]
+  if block.ctx_init.strip():
+    setting = f"{key}.ctx_init={block.ctx_init!r}"
+    expected = (f"a phrase of at most {len(text.prefix_ids) - over} tokens "
+                f"(it has {len(text.prefix_ids)})")
+  else:
+    setting = f"{key}.n_ctx={block.n_ctx}"
+    expected = f"{key}.n_ctx <= {text.n_ctx - over}"
+  shown = sorted(cut)[:5]
+  raise ConfigError(
+      f"{setting} leaves too little room in the model's text context "
+      f"({model.config.text.context_length} tokens) for the class names "
+      f"{shown}{' ...' if len(cut) > 5 else ''} ({len(cut)} of "
+      f"{len(names)} classes): their prompts would be cut; expected "
+      f"{expected} (model {model.name})")
+
+
 def _run(config: ConfigDict, workdir: Path, restart: bool,
          on_batch: Callable[[dict[str, Any]], None] | None,
          stop: StopOnSignal, t_line: str) -> dict[str, Any]:
@@ -400,6 +431,7 @@ def _run(config: ConfigDict, workdir: Path, restart: bool,
     # Settings that do not fit a checkpoint's model (known once loaded):
     # one line naming the key, as a config error.
     raise ConfigError(f"{e} (model {model.name})") from None
+  _check_prompt_room(engine, model, dataset.prompt_names, config)
   if choice:
     logging.info("%s", choice)
   # The optimiser as resolved (optim.name "trainable", warmup_steps -1).
