@@ -376,6 +376,22 @@ def test_row_labels_show_the_settings_that_differ():
   assert markdown.row_labels(runs) == ["CLIP-LoRA + SVL + RA"] * 2
 
 
+def test_row_labels_name_a_random_init_model_once():
+  # "model=random-init tiny-clip" already names the preset: the label did
+  # not need "model.init=tiny-clip" after it. model.init_seed still shows.
+  def run(init, init_seed=0):
+    return fake_results("eurosat", model=f"random-init {init}",
+                        config=_config(model={"init": init,
+                                              "init_seed": init_seed}))
+  labels = markdown.row_labels([run("tiny-clip"), run("pe-core-tiny")])
+  assert labels == [
+      "CLIP-LoRA + SVL + RA (model=random-init tiny-clip)",
+      "CLIP-LoRA + SVL + RA (model=random-init pe-core-tiny)"], labels
+  labels = markdown.row_labels([run("tiny-clip"), run("tiny-clip", 3)])
+  assert labels == ["CLIP-LoRA + SVL + RA (model.init_seed=0)",
+                    "CLIP-LoRA + SVL + RA (model.init_seed=3)"], labels
+
+
 def test_comparison_table_shows_episode_count():
   r = fake_results("eurosat", n=7)
   table = reports.comparison_table([r])

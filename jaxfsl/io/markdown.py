@@ -227,6 +227,10 @@ _IGNORED_CONFIG = ("dataset.", "model.checkpoint", "model.tokenizer",
                    "episodes_per_batch", "eval_only", "seeds", "seed",
                    "steps", "epochs", "shot", "way", "method.variant",
                    "demo", "episodes")
+# Config keys (exact names) that the top-level ``model`` already tells
+# apart: a random-init run's model is "random-init <model.init>". (Not a
+# prefix: model.init_seed is not in the model's name.)
+_COVERED_CONFIG = ("model.init",)
 
 
 def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -250,8 +254,8 @@ def _settings(r: Mapping[str, Any]) -> dict[str, Any]:
   unused = tuple(f"{b}." for b in TRAINABLE_BLOCKS if b != trainable)
   for k, v in _flat(config).items():
     k = RENAMED_KEYS.get(k, k)  # A run saved before a key was renamed.
-    if (k not in out and not k.startswith(_IGNORED_CONFIG)
-        and not k.startswith(unused)):
+    if (k not in out and k not in _COVERED_CONFIG
+        and not k.startswith(_IGNORED_CONFIG) and not k.startswith(unused)):
       out[k] = tuple(v) if isinstance(v, list) else v
   return out
 
