@@ -63,10 +63,18 @@ def takes_prompts(tower_config: Any) -> bool:
 def prompt_tower_problems(model_config: Any, towers: Sequence[str],
                           key: str) -> list[str]:
   """The ``towers`` ("vision", "text") whose module takes no prompt hooks
-  (``takes_prompts``), as one message naming each tower's config class."""
+  (``takes_prompts``), as one message naming each tower's config class; a
+  tower the checkpoint lacks (its stand-in config has a ``reason``) is
+  reported with that reason instead."""
   bad = [t for t in towers if not takes_prompts(getattr(model_config, t))]
   if not bad:
     return []
+  # A stand-in for a tower the checkpoint lacks (a vision-only PE-Core's
+  # text tower) carries the loader's reason: say that, not "no hooks".
+  absent = [getattr(model_config, t).reason for t in bad
+            if getattr(getattr(model_config, t), "reason", None)]
+  if absent:
+    return [f"{key}: {absent[0]}"]
   named = " and ".join(
       f"{t} ({type(getattr(model_config, t)).__name__})" for t in bad)
   return [f"{key}: the {named} tower(s) of this "
