@@ -507,6 +507,20 @@ def test_seeds_summary_numbers_equal_the_per_seed_results(tmp_path):
     reports.write_seeds_summary(tmp_path, [loaded[0], loaded[0]])
 
 
+def test_seeds_summary_of_one_seed_says_1_seed(tmp_path):
+  # --config.seeds=3 (one seed): no "1 seeds" in the title, the cell or
+  # the per-seed table; no std.
+  run = _write_job(tmp_path / "seed_3", seed=3, run_seed=3,
+                   config=_config(seed=3))
+  reports.write_seeds_summary(tmp_path,
+                              [reports.load_results(tmp_path / "seed_3")])
+  md = (tmp_path / "summary.md").read_text()
+  assert "1 seeds" not in md, md
+  assert md.splitlines()[0].endswith(": 1 seed")
+  assert f"{run['accuracy_mean']:.2f} (1 seed) |" in md
+  assert "| mean over 1 seed | " in md and "std" not in md
+
+
 def test_summarize_tool_skips_stray_files_with_a_warning(tmp_path):
   """``summarize.py ~/runs/*`` where one entry is a log file: that entry is
   one warning line, the table is still printed; nothing usable: ERROR."""

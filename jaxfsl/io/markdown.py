@@ -233,6 +233,11 @@ _IGNORED_CONFIG = ("dataset.", "model.checkpoint", "model.tokenizer",
 _COVERED_CONFIG = ("model.init",)
 
 
+def seeds_count(n: int) -> str:
+  """ "1 seed", "3 seeds"."""
+  return f"{n} seed" + ("" if n == 1 else "s")
+
+
 def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   out = {}
   for k, v in d.items():
@@ -308,7 +313,7 @@ def _dataset_key(d: str) -> tuple[int, str]:
 
 def _cell(r: Mapping[str, Any], digits: int) -> str:
   if "per_seed" in r:  # An over_seeds group.
-    cell = f"{r['accuracy_mean']:.{digits}f} ({r['num_seeds']} seeds)"
+    cell = f"{r['accuracy_mean']:.{digits}f} ({seeds_count(r['num_seeds'])})"
   else:
     cell = aggregate.format_mean_ci(r["accuracy_mean"], r["accuracy_ci95"],
                                     digits)
@@ -403,7 +408,7 @@ def seeds_table(group: Mapping[str, Any], digits: int = 2) -> str:
                                     p["zero_shot_accuracy_ci95"], digits),
            str(p["num_episodes"])] for p in group["per_seed"]]
   std = group["accuracy_std_over_seeds"]  # None for one seed.
-  rows.append([f"mean over {group['num_seeds']} seeds",
+  rows.append([f"mean over {seeds_count(group['num_seeds'])}",
                f"{group['accuracy_mean']:.{digits}f}" + (
                    "" if std is None else f" (sample std {std:.{digits}f})"),
                f"{group['zero_shot_accuracy_mean']:.{digits}f}",

@@ -45,6 +45,7 @@ from jaxfsl.io.markdown import (  # noqa: F401
   comparison_table,
   dataset_label,
   seed_group,
+  seeds_count,
   seeds_table,
   summary_markdown,
 )
@@ -293,7 +294,7 @@ def write_seeds_summary(directory: str | os.PathLike[str],
              {**{k: group.get(k) for k in keys},
               **aggregate.over_seeds(runs)})
   title = (f"# {group['method']} on {dataset_label(group['dataset'])}: "
-           f"{group['num_seeds']} seeds\n\n")
+           f"{seeds_count(group['num_seeds'])}\n\n")
   write_text_atomic(directory / "summary.md",
                     title + comparison_table([group]))
   return group
