@@ -78,8 +78,12 @@ def test_prompt_job_trains(jobs, name, variant):
   episodes = results["episodes"]
   assert results["complete"] and results["num_episodes"] == tm.EPISODES
   assert results["trainable"] == name
+  # CoOp leaves the image features fixed: its SVL is inert and not claimed.
+  svl_ra = " + RA (SVL inert)" if name == "coop" else " + SVL + RA"
   assert results["method"] == LABELS[name] + (
-      " + SVL + RA" if variant == "svl_ra" else "")
+      svl_ra if variant == "svl_ra" else "")
+  assert results["inert_terms"] == (
+      ["anti_visual"] if (name, variant) == ("coop", "svl_ra") else [])
   assert results["config"]["trainable"] == name
   # The cross-modal loss falls, in the mean and in every episode.
   vlm = results["loss_means"]["vlm"]
