@@ -248,8 +248,10 @@ def test_missing_checkpoint_writes_nothing(tmp_path):
   (tmp_path / "notes.txt").write_text("mine")
   config = job_config()
   config.model.checkpoint, config.model.init = str(tmp_path / "none"), ""
-  with pytest.raises(FileNotFoundError, match="model.checkpoint"):
+  with pytest.raises(FileNotFoundError, match="model.checkpoint") as e:
     runner.run(config, tmp_path)
+  # The no-download hint names this protocol's demo config.
+  assert "--config configs/fewshot/demo.py" in str(e.value)
   assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
   with pytest.raises(FileNotFoundError, match="model.checkpoint"):
     runner.run(config, tmp_path / "new")

@@ -33,7 +33,8 @@ Face folder with config.json, model.safetensors and the tokenizer files), e.g.
 (from https://huggingface.co/openai/clip-vit-base-patch16), then pass
   --config.model.checkpoint=~/jaxfsl_models/clip-vit-base-patch16
 (jaxfsl also reads OpenAI .pt files and big_vision SigLIP .npz files).
-To check the pipeline without any download: --config configs/episodic/demo.py"""
+To check the pipeline without any download:
+  --config configs/{protocol}/demo.py"""
 
 
 def checkpoint_path(config: ConfigDict) -> Path | None:
@@ -49,7 +50,8 @@ def checkpoint_path(config: ConfigDict) -> Path | None:
   if not path.exists():
     raise MissingInputError(
         f"model.checkpoint {config.model.checkpoint!r} does not exist "
-        f"({path}).\n" + CHECKPOINT_HELP)
+        f"({path}).\n" + CHECKPOINT_HELP.format(
+            protocol=config.get("protocol", "episodic")))
   return path
 
 
