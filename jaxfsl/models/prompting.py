@@ -40,9 +40,9 @@ Semantics (public references: CoOp, Zhou et al., IJCV 2022,
   class-token readout ignores them too).
 * Vision, RoPE (PE-Core): the prompts get the identity rotation (angle 0:
   cos 1, sin 0), as PE-Core's own class token does. They have no spatial
-  position (no position embedding either), and an unrotated key scores the
-  same against a query wherever that query sits in the grid
-  (``VisionPrompt.rope_angles``).
+  position (no position embedding either); as for the class token, a RoPE
+  score depends on the angle difference, so a patch's score against a
+  prompt depends on the patch's own angle only (``VisionPrompt.rope_angles``).
 
 ``start`` is 1 for tokenizers that put a start-of-text token first (CLIP,
 PE-Core) and 0 for those that do not (SigLIP): the context begins where the
@@ -364,10 +364,10 @@ class VisionPrompt:
     Why: the prompts carry no position (no position embedding, MaPLe) and
     stand for no grid cell, so they take the rotation of the one token that
     has no grid cell either, PE-Core's class token (unrotated in
-    perception_models ``rope.py``). With q.k under RoPE depending on the
-    angle difference, an unrotated prompt key is seen alike from every
-    patch position, and an unrotated prompt query sees every key at its
-    own absolute angle, as the class token does.
+    perception_models ``rope.py``). RoPE scores depend on the angle
+    difference, so a patch's score against a prompt (and a prompt's against
+    a patch) depends on the patch's own angle only, exactly as for the
+    class token.
     """
     pad = np.zeros((self.n_ctx,) + angles.shape[1:], angles.dtype)
     return np.concatenate([angles, pad], axis=0)
