@@ -1,0 +1,139 @@
+r"""How the cost of a LoRA block stack's training pass grows with its depth.
+
+  python tools/block_stack.py --depths 3,12 --dropout 0.25
+  python tools/block_stack.py --depths 12 --dropout 0 --hlo_only
+
+Builds K transformer blocks of a preset's vision tower (``layers.Block``,
+frozen, random init) with LoRA on q, k and v of each, and jits the gradient
+w.r.t. the adapters of a loss on the class token after the K blocks, with
+LoRA dropout as the engine trains (``EngineConfig.cpu_tuning``'s compiler
+options). For each K it prints one JSON line: the median seconds of that
+pass over ``--repeats`` runs, the seconds per block, and two facts read from
+the optimised HLO (no timing): the number of instructions of the largest
+fused computation, and the largest number of ``select`` instructions in one
+fused computation (each LoRA-dropout mask applied in the backward pass is a
+``select``).
+
+Why it exists (docs/performance.md, "Depth"): on XLA:CPU the per-block
+cost of the engine's step grows with depth when LoRA dropout is on, because
+XLA fuses the backward residual-stream gradient of block i with the
+elementwise terms of every later block, masks included, and so recomputes
+them once per block; without dropout the per-block cost is flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import time
+
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s", re.M)
+
+
+def fused_computation_stats(hlo_text: str) -> tuple[int, int]:
+  """(instructions, selects) of the largest fused computations of an
+  optimised HLO module's text: the most instructions in one, and the most
+  ``select`` instructions in one."""
+  most_lines = most_selects = 0
+  for comp in re.split(r"\n(?=\S.*\{\s*$)", hlo_text, flags=re.M):
+    if not comp.lstrip("%").startswith("fused_computation"):
+      continue
+    most_lines = max(most_lines, len(_INSTRUCTION.findall(comp)))
+    most_selects = max(most_selects, comp.count(" select("))
+  return most_lines, most_selects
+
+
+def main(argv=None) -> list[dict]:
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--model", default="clip-vit-b16",
+                 help="preset whose vision blocks are stacked")
+  p.add_argument("--depths", default="3,12",
+                 help="comma-separated numbers of blocks K")
+  p.add_argument("--images", type=int, default=30,
+                 help="images per pass (30: a 1-shot 5-way step)")
+  p.add_argument("--rank", type=int, default=16)
+  p.add_argument("--dropout", type=float, default=0.25)
+  p.add_argument("--masks", default="bernoulli",
+                 choices=("bernoulli", "packed"))
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--hlo_only", action="store_true",
+                 help="compile and report the HLO facts, no timing")
+  args = p.parse_args(argv)
+  try:
+    depths = [int(d) for d in args.depths.split(",")]
+  except ValueError:
+    p.error(f"--depths {args.depths!r}: expected integers separated by "
+            "commas, e.g. 3,12")
+  if any(d < 1 for d in depths):
+    p.error(f"--depths {args.depths!r}: every depth must be at least 1")
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from jaxfsl.models import PRESETS
+  from jaxfsl.models.layers import LORA_COLLECTION, Block
+  from jaxfsl.protocols.episodic.engine import CPU_COMPILER_OPTIONS
+
+  if args.model not in PRESETS:
+    p.error(f"--model {args.model!r}: expected a preset, one of "
+            f"{sorted(PRESETS)}")
+  v = PRESETS[args.model].vision
+  tokens = (v.image_size // v.patch_size) ** 2 + 1
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal(
+      (args.images, tokens, v.width)).astype(np.float32))
+  block = Block(heads=v.heads, mlp_dim=v.mlp_dim, act=v.act,
+                norm_eps=v.norm_eps, lora_scaling=2.0,
+                lora_dropout=args.dropout, lora_dropout_masks=args.masks)
+  params = block.init({"params": jax.random.PRNGKey(0)}, x[:1])["params"]
+  compiler_options = (CPU_COMPILER_OPTIONS
+                      if jax.devices()[0].platform == "cpu" else None)
+
+  def adapter():
+    def w(*shape):
+      return jnp.asarray(0.01 * rng.standard_normal(shape), jnp.float32)
+    return {t: {"a": w(v.width, args.rank), "b": w(args.rank, v.width)}
+            for t in ("q", "k", "v")}
+
+  results = []
+  for depth in depths:
+    adapters = [{"attn": adapter()} for _ in range(depth)]
+
+    def loss(adapters, x, key):
+      for i, a in enumerate(adapters):
+        x = block.apply({"params": params, LORA_COLLECTION: a}, x,
+                        deterministic=False,
+                        rngs={"dropout": jax.random.fold_in(key, i)})
+      return jnp.sum(jnp.square(x[:, 0]))
+
+    key = jax.random.PRNGKey(1)
+    compiled = jax.jit(jax.grad(loss), compiler_options=compiler_options
+                       ).lower(adapters, x, key).compile()
+    lines, selects = fused_computation_stats(compiled.as_text())
+    row = {"model": args.model, "depth": depth, "images": args.images,
+           "dropout": args.dropout, "masks": args.masks,
+           "largest_fusion_instructions": lines,
+           "largest_fusion_selects": selects}
+    if not args.hlo_only:
+      jax.block_until_ready(compiled(adapters, x, key))
+      times = []
+      for _ in range(args.repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(adapters, x, key))
+        times.append(time.perf_counter() - start)
+      median = statistics.median(times)
+      row.update(seconds=median, seconds_per_block=median / depth,
+                 seconds_all=times)
+    row["uptime_load"] = list(os.getloadavg())
+    print(json.dumps(row), flush=True)
+    results.append(row)
+  return results
+
+
+if __name__ == "__main__":
+  main()
