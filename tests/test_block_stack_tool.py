@@ -77,6 +77,13 @@ def test_hlo_facts_on_a_tiny_stack(dropout, has_selects, capsys):
     (["--depths", "3,x"], "--depths '3,x': expected integers"),
     (["--depths", "0"], "every depth must be at least 1"),
     (["--model", "vit-huge"], "--model 'vit-huge': expected a preset"),
+    (["--dropout", "1.5"], "--dropout 1.5: expected a rate in [0, 1)"),
+    (["--dropout", "-0.1"], "--dropout -0.1: expected a rate in [0, 1)"),
+    (["--images", "0"], "--images 0: expected an integer >= 1"),
+    (["--rank", "0"], "--rank 0: expected an integer >= 1"),
+    (["--repeats", "0"], "--repeats 0: expected an integer >= 1"),
+    (["--model", "tiny-clip", "--masks", "packed", "--dropout", "0.3"],
+     "--dropout 0.3 with --masks packed: expected a multiple of 1/256"),
 ])
 def test_bad_arguments_are_named(args, message):
   result = subprocess.run(

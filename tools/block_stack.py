@@ -7,18 +7,23 @@ Builds K transformer blocks of a preset's vision tower (``layers.Block``,
 frozen, random init) with LoRA on q, k and v of each, and jits the gradient
 w.r.t. the adapters of a loss on the class token after the K blocks, with
 LoRA dropout as the engine trains (``EngineConfig.cpu_tuning``'s compiler
-options). For each K it prints one JSON line: the median seconds of that
-pass over ``--repeats`` runs, the seconds per block, and two facts read from
-the optimised HLO (no timing): the number of instructions of the largest
-fused computation, and the largest number of ``select`` instructions in one
-fused computation (each LoRA-dropout mask applied in the backward pass is a
-``select``).
+options). For each K it prints one JSON line: the arguments (``model``,
+``depth``, ``images``, ``dropout``, ``masks``); two facts read from the
+optimised HLO (no timing): the number of instructions of the largest fused
+computation (``largest_fusion_instructions``) and the largest number of
+``select`` instructions in one fused computation
+(``largest_fusion_selects``; each LoRA-dropout mask applied in the backward
+pass is a ``select``); unless ``--hlo_only``, the median seconds of that
+pass over ``--repeats`` runs (``seconds``), the seconds per block
+(``seconds_per_block``) and every run's seconds (``seconds_all``); and
+the load average when the line was written (``uptime_load``).
 
-Why it exists (docs/performance.md, "Depth"): on XLA:CPU the per-block
-cost of the engine's step grows with depth when LoRA dropout is on, because
-XLA fuses the backward residual-stream gradient of block i with the
-elementwise terms of every later block, masks included, and so recomputes
-them once per block; without dropout the per-block cost is flat.
+Why it exists (docs/performance.md, "Session 11: the step costs more than
+its blocks"): on XLA:CPU the engine's step costs more than its depth times
+one block, and the backward pass's largest fused computation grows with
+depth, because XLA fuses the residual-stream gradient of block i with the
+element-wise terms of every later block (with LoRA dropout on, its masks
+included) and so recomputes them once per block.
 """
 
 from __future__ import annotations
@@ -50,16 +55,25 @@ def main(argv=None) -> list[dict]:
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--model", default="clip-vit-b16",
-                 help="preset whose vision blocks are stacked")
+                 help="preset whose vision blocks are stacked "
+                 "(default %(default)s)")
   p.add_argument("--depths", default="3,12",
-                 help="comma-separated numbers of blocks K")
+                 help="comma-separated numbers of blocks K "
+                 "(default %(default)s)")
   p.add_argument("--images", type=int, default=30,
-                 help="images per pass (30: a 1-shot 5-way step)")
-  p.add_argument("--rank", type=int, default=16)
-  p.add_argument("--dropout", type=float, default=0.25)
+                 help="images per pass (default 30: a 1-shot 5-way step)")
+  p.add_argument("--rank", type=int, default=16,
+                 help="LoRA rank (default %(default)s)")
+  p.add_argument("--dropout", type=float, default=0.25,
+                 help="LoRA dropout rate in [0, 1) (default %(default)s)")
   p.add_argument("--masks", default="bernoulli",
-                 choices=("bernoulli", "packed"))
-  p.add_argument("--repeats", type=int, default=3)
+                 choices=("bernoulli", "packed"),
+                 help="how dropout masks are drawn; packed needs a rate "
+                 "that is a multiple of 1/256 or 1/65536 (default "
+                 "%(default)s)")
+  p.add_argument("--repeats", type=int, default=3,
+                 help="timed runs per depth, after one untimed "
+                 "(default %(default)s)")
   p.add_argument("--hlo_only", action="store_true",
                  help="compile and report the HLO facts, no timing")
   args = p.parse_args(argv)
@@ -70,14 +84,25 @@ def main(argv=None) -> list[dict]:
             "commas, e.g. 3,12")
   if any(d < 1 for d in depths):
     p.error(f"--depths {args.depths!r}: every depth must be at least 1")
+  for flag in ("images", "rank", "repeats"):
+    if getattr(args, flag) < 1:
+      p.error(f"--{flag} {getattr(args, flag)}: expected an integer >= 1")
+  if not 0.0 <= args.dropout < 1.0:
+    p.error(f"--dropout {args.dropout}: expected a rate in [0, 1)")
 
   import jax
   import jax.numpy as jnp
   import numpy as np
 
   from jaxfsl.models import PRESETS
-  from jaxfsl.models.layers import LORA_COLLECTION, Block
+  from jaxfsl.models.layers import LORA_COLLECTION, Block, packed_draw_bits
   from jaxfsl.protocols.episodic.engine import CPU_COMPILER_OPTIONS
+
+  if (args.masks == "packed" and args.dropout > 0.0
+      and packed_draw_bits(1.0 - args.dropout) is None):
+    p.error(f"--dropout {args.dropout} with --masks packed: expected a "
+            "multiple of 1/256 (or of 1/65536), which packed masks keep "
+            "exactly, e.g. 0.25; or --masks bernoulli")
 
   if args.model not in PRESETS:
     p.error(f"--model {args.model!r}: expected a preset, one of "
