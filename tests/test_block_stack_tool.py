@@ -91,3 +91,14 @@ def test_bad_arguments_are_named(args, message):
        "--hlo_only", *args], capture_output=True, text=True, check=False)
   assert result.returncode == 2
   assert message in result.stderr
+
+
+def test_every_bad_argument_is_named_at_once():
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "tools", "block_stack.py"),
+       "--hlo_only", "--depths", "0", "--images", "0", "--dropout", "1.5",
+       "--model", "nope"], capture_output=True, text=True, check=False)
+  assert result.returncode == 2
+  for message in ("every depth must be at least 1", "--images 0",
+                  "--dropout 1.5", "--model 'nope'"):
+    assert message in result.stderr

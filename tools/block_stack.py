@@ -77,18 +77,23 @@ def main(argv=None) -> list[dict]:
   p.add_argument("--hlo_only", action="store_true",
                  help="compile and report the HLO facts, no timing")
   args = p.parse_args(argv)
+  # Every bad argument is named in one usage error, not only the first.
+  errors = []
   try:
     depths = [int(d) for d in args.depths.split(",")]
   except ValueError:
-    p.error(f"--depths {args.depths!r}: expected integers separated by "
-            "commas, e.g. 3,12")
+    depths = []
+    errors.append(f"--depths {args.depths!r}: expected integers separated "
+                  "by commas, e.g. 3,12")
   if any(d < 1 for d in depths):
-    p.error(f"--depths {args.depths!r}: every depth must be at least 1")
+    errors.append(f"--depths {args.depths!r}: every depth must be at "
+                  "least 1")
   for flag in ("images", "rank", "repeats"):
     if getattr(args, flag) < 1:
-      p.error(f"--{flag} {getattr(args, flag)}: expected an integer >= 1")
+      errors.append(f"--{flag} {getattr(args, flag)}: expected an integer "
+                    ">= 1")
   if not 0.0 <= args.dropout < 1.0:
-    p.error(f"--dropout {args.dropout}: expected a rate in [0, 1)")
+    errors.append(f"--dropout {args.dropout}: expected a rate in [0, 1)")
 
   import jax
   import jax.numpy as jnp
@@ -98,15 +103,16 @@ def main(argv=None) -> list[dict]:
   from jaxfsl.models.layers import LORA_COLLECTION, Block, packed_draw_bits
   from jaxfsl.protocols.episodic.engine import CPU_COMPILER_OPTIONS
 
-  if (args.masks == "packed" and args.dropout > 0.0
+  if (args.masks == "packed" and 0.0 < args.dropout < 1.0
       and packed_draw_bits(1.0 - args.dropout) is None):
-    p.error(f"--dropout {args.dropout} with --masks packed: expected a "
-            "multiple of 1/256 (or of 1/65536), which packed masks keep "
-            "exactly, e.g. 0.25; or --masks bernoulli")
-
+    errors.append(f"--dropout {args.dropout} with --masks packed: expected "
+                  "a multiple of 1/256 (or of 1/65536), which packed masks "
+                  "keep exactly, e.g. 0.25; or --masks bernoulli")
   if args.model not in PRESETS:
-    p.error(f"--model {args.model!r}: expected a preset, one of "
-            f"{sorted(PRESETS)}")
+    errors.append(f"--model {args.model!r}: expected a preset, one of "
+                  f"{sorted(PRESETS)}")
+  if errors:
+    p.error("; ".join(errors))
   v = PRESETS[args.model].vision
   tokens = (v.image_size // v.patch_size) ** 2 + 1
   rng = np.random.default_rng(0)
